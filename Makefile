@@ -1,0 +1,66 @@
+# MoMo suite. `make help` lists the targets. Everything runs from the project's own virtualenv (.venv).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export WANDB_MODE ?= offline
+export HF_HUB_OFFLINE ?= 1
+
+EXPERIMENT ?= fashion_mnist_mlp
+LAUNCHER ?= parallel
+FIG ?= $(EXPERIMENT)
+
+.DEFAULT_GOAL := help
+.PHONY: help install test test-slow test-slurm test-all lint format bench reproduce-figure sweep status \
+        aggregate plot install-fairseq install-torchrec data-fashion-mnist clean
+
+help: ## list the targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml scripts/install_fairseq.sh scripts/install_torchrec.sh
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e ".[experiments,dev]"
+	PYTHON=$(PY) bash scripts/install_fairseq.sh
+	PYTHON=$(PY) bash scripts/install_torchrec.sh
+	touch $(STAMP)
+
+install: $(STAMP) ## create .venv with the project, every extra, fairseq, torchrec and the dev tools
+
+install-fairseq: ## (re)install fairseq-fixed into .venv (part of install)
+	PYTHON=$(PY) bash scripts/install_fairseq.sh
+
+install-torchrec: ## (re)install torchrec for DLRM into .venv (part of install)
+	PYTHON=$(PY) bash scripts/install_torchrec.sh
+
+test: $(STAMP) ## the default test suite (offline, CPU, < 15 min on 2 cores)
+	$(PY) -m pytest
+
+test-slow: $(STAMP) ## the slow tests (minutes each)
+	$(PY) -m pytest -m "slow and not gpu"
+
+test-slurm: $(STAMP) ## the SLURM sweep tests on a local single-node cluster (root, Debian)
+	$(PY) -m pytest -m slurm
+
+test-all: $(STAMP) ## every test that this machine can run
+	$(PY) -m pytest -m ""
+
+lint: $(STAMP) ## ruff lint and format check
+	$(VENV)/bin/ruff check momo experiments scripts tests
+	$(VENV)/bin/ruff format --check momo experiments scripts tests
+
+format: $(STAMP) ## ruff format and autofix
+	$(VENV)/bin/ruff format momo experiments scripts tests
+	$(VENV)/bin/ruff check --fix momo experiments scripts tests
+
+bench: $(STAMP) ## optimizer-step benchmark against torch.optim and momo-opt 0.1.0
+	test -f .bench_cache/momo_opt/momo/__init__.py || \
+	  $(PY) -m pip install -q --no-deps --target .bench_cache/momo_opt momo-opt==0.1.0
+	$(PY) scripts/bench.py
+
+data-fashion-mnist: ## real Fashion-MNIST from Debian's package (root)
+	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
+
+clean: ## remove the virtualenv and caches (keeps results)
+	rm -rf $(VENV) .bench_cache .pytest_cache .ruff_cache
