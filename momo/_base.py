@@ -1,0 +1,153 @@
+"""What Momo and MomoAdam share: the loss argument, the global model state and validation.
+
+MoMo's model of the loss is global: the loss average ``fbar``, the average ``gamma`` of <g, x> and the step
+counter ``k`` are scalars shared by every param group (inner products and norms run over all parameters).
+They live in ``self.state["momo"]``, a non-parameter entry that ``Optimizer.state_dict()`` saves under its
+string key and ``load_state_dict()`` restores as is, so a checkpoint resumes the averages bit-exactly.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from torch.optim import Optimizer
+
+GLOBAL_STATE = "momo"  # key of the all-groups state in ``self.state``
+
+# Hyperparameters that enter the global averages: one value for all param groups.
+_SHARED_HYPERPARAMETERS = ("beta", "betas", "bias_correction")
+
+_MISSING_LOSS = (
+    "MoMo needs the loss of the current batch to compute its step size. Pass it in one of two ways:\n"
+    "    loss = model_loss(...); loss.backward(); optimizer.step(loss=loss)\n"
+    "or\n"
+    "    def closure():\n"
+    "        optimizer.zero_grad()\n"
+    "        loss = model_loss(...)\n"
+    "        loss.backward()\n"
+    "        return loss\n"
+    "    optimizer.step(closure)"
+)
+
+
+def check_non_negative(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and value >= 0.0 and math.isfinite(value)):
+        raise ValueError(f"Invalid {name}: {value} (must be a finite number >= 0)")
+
+
+def check_beta(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and 0.0 <= value < 1.0):
+        raise ValueError(f"Invalid {name}: {value} (must be in [0, 1))")
+
+
+def check_finite(name: str, value: float) -> None:
+    if not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise ValueError(f"Invalid {name}: {value} (must be a finite number)")
+
+
+class MomoBase(Optimizer):
+    """Book-keeping shared by Momo and MomoAdam; subclasses implement ``_update(loss)``."""
+
+    def __init__(
+        self,
+        params: Iterable[Tensor] | Iterable[dict[str, Any]],
+        defaults: dict[str, Any],
+        *,
+        sync_loss: bool,
+        process_group: Any,
+    ) -> None:
+        super().__init__(params, defaults)
+        # Not hyperparameters of the algorithm but of the environment, so not part of state_dict().
+        self.sync_loss = sync_loss
+        self.process_group = process_group
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        first, new = self.param_groups[0], self.param_groups[-1]
+        for key in _SHARED_HYPERPARAMETERS:
+            if key in first and new[key] != first[key]:
+                self.param_groups.pop()
+                raise ValueError(
+                    f"Invalid {key}: {new[key]} in a param group, while the first group has "
+                    f"{first[key]}. MoMo's loss average is global, so {key} must be the same in every group."
+                )
+        for key in ("lr", "weight_decay"):
+            if isinstance(new[key], Tensor):
+                raise ValueError(f"Invalid {key}: a tensor; MoMo takes {key} as a Python float")
+
+    @torch.no_grad()
+    def step(  # type: ignore[override]
+        self,
+        closure: Callable[[], Tensor | float] | None = None,
+        loss: Tensor | float | None = None,
+    ) -> Tensor | float:
+        """Take one step. Give exactly one of ``closure`` (which runs forward and backward and returns the
+        loss) or ``loss`` (the batch loss, after ``loss.backward()``). Returns the loss."""
+        if (closure is None) == (loss is None):
+            given = "both closure and loss" if closure is not None else "neither closure nor loss"
+            raise ValueError(f"{_MISSING_LOSS}\n(got {given})")
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self._update(self._as_loss_tensor(loss))
+        return loss
+
+    def _update(self, loss: Tensor) -> None:
+        raise NotImplementedError
+
+    def _first_param(self) -> Tensor | None:
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is not None:
+                    return p
+        return None
+
+    def _as_loss_tensor(self, loss: Tensor | float) -> Tensor:
+        """The loss as a 0-dim tensor on the parameters' device, averaged over data-parallel ranks."""
+        p = self._first_param()
+        device = p.device if p is not None else torch.device("cpu")
+        dtype = torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
+        if isinstance(loss, Tensor):
+            if loss.numel() != 1:
+                raise ValueError(f"Invalid loss: a tensor of shape {tuple(loss.shape)}; MoMo needs a scalar")
+            loss = loss.detach().reshape(()).to(device=device, dtype=dtype)
+        else:
+            loss = torch.tensor(float(loss), device=device, dtype=dtype)
+        if self.sync_loss and dist.is_available() and dist.is_initialized():
+            world = dist.get_world_size(self.process_group)
+            if world > 1:
+                # Every rank must see the same loss to take the same step (its gradients are already
+                # averaged by DDP). SUM then divide: ReduceOp.AVG exists on NCCL only.
+                loss = loss.clone()
+                dist.all_reduce(loss, op=dist.ReduceOp.SUM, group=self.process_group)
+                loss = loss / world
+        return loss
+
+    def _global_state(self, like: Tensor, loss: Tensor) -> dict[str, Tensor]:
+        """The all-groups scalars, created on the first step and moved to the parameters' device after a
+        load_state_dict from another device (load_state_dict copies non-parameter state as is)."""
+        state = self.state[GLOBAL_STATE]
+        if not state:
+            zero = torch.zeros((), device=like.device, dtype=loss.dtype)
+            state.update(step=zero.clone(), loss_avg=zero.clone(), gamma=zero.clone())
+        elif state["step"].device != like.device:
+            for key, value in state.items():
+                state[key] = value.to(like.device)
+        return state
+
+    def _lb_estimates(self, loss: Tensor) -> list[Tensor | None]:
+        """MoMo*'s running lower bound per param group (None where use_fstar is off), initialised at the
+        group's ``lb``, which stays its floor."""
+        state = self.state[GLOBAL_STATE]
+        estimates: list[Tensor | None] = []
+        for i, group in enumerate(self.param_groups):
+            key = f"lb_estimate.{i}"
+            if group["use_fstar"] and key not in state:
+                state[key] = torch.full((), float(group["lb"]), device=loss.device, dtype=loss.dtype)
+            estimates.append(state[key] if group["use_fstar"] else None)
+        return estimates

@@ -1,0 +1,90 @@
+"""Building blocks of the multi-tensor paths of Momo and MomoAdam.
+
+Every scalar here is a 0-dim tensor on the parameters' device: nothing is read back to the host, so a step
+never waits for the device and traces under ``torch.compile(fullgraph=True)``.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import TypeVar
+
+import torch
+from torch import Tensor
+
+F = TypeVar("F", bound=Callable)
+
+
+@functools.cache
+def compile_kernel(kernel: F) -> F:
+    """The kernel as one fused function. Inductor reads each tensor once per pass and fuses the global
+    reductions with the elementwise updates, which eager multi-tensor kernels cannot do."""
+    return torch.compile(kernel, fullgraph=True)  # type: ignore[return-value]
+
+
+def select(condition: Tensor, a: float, b: float, dtype: torch.dtype) -> Tensor:
+    """``a if condition else b`` as a 0-dim tensor of ``dtype`` on the condition's device, without a host
+    sync (``torch.where`` of two Python floats would round them to the default float32)."""
+    return torch.where(condition, torch.full((), a, dtype=dtype, device=condition.device), b)
+
+
+def global_dot(a: list[Tensor], b: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """sum_i <a_i, b_i> over all tensors, accumulated in ``dtype``."""
+    if not a:
+        return torch.zeros((), dtype=dtype)
+    dots = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
+    return torch.stack(dots).to(dtype).sum()
+
+
+def global_sq_norm(a: list[Tensor], dtype: torch.dtype) -> Tensor:
+    """sum_i ||a_i||^2 over all tensors."""
+    if not a:
+        return torch.zeros((), dtype=dtype)
+    norms = torch._foreach_norm(a)
+    return torch.stack(norms).to(dtype).square().sum()
+
+
+def step_size(
+    loss_avg: Tensor,
+    d_dot_x: Tensor,
+    gamma: Tensor,
+    d_sq_norm: Tensor,
+    rho: Tensor,
+    lb: Tensor | float,
+    lr: float,
+    c: float,
+) -> tuple[Tensor, Tensor]:
+    """(t1, tau): the Polyak-type step of the model truncated at ``rho*lb``, and its cap at ``lr/rho``.
+    ``c = 1 + lr*weight_decay``. A zero direction (``d_sq_norm == 0``) gives t1 = 0, never 0/0."""
+    numerator = torch.clamp(c * (loss_avg - rho * lb) + d_dot_x - c * gamma, min=0)
+    t1 = torch.where(d_sq_norm > 0, numerator / d_sq_norm, 0.0)
+    return t1, torch.minimum(lr / rho, t1)
+
+
+def lb_reset(
+    lb: Tensor,
+    loss_avg: Tensor,
+    d_dot_x: Tensor,
+    gamma: Tensor,
+    rho: Tensor,
+    c: float,
+    lb_floor: float,
+) -> Tensor:
+    """MoMo*'s reset: where the model's value lies below the estimate, halve towards it (not below the floor)."""
+    cap = c * loss_avg + d_dot_x - c * gamma
+    return torch.where(cap < c * rho * lb, torch.clamp(cap / (2 * c * rho), min=lb_floor), lb)
+
+
+def lb_after_step(
+    loss_avg: Tensor,
+    d_dot_x: Tensor,
+    gamma: Tensor,
+    d_sq_norm: Tensor,
+    tau: Tensor,
+    rho: Tensor,
+    lb_floor: float,
+) -> Tensor:
+    """MoMo*'s update: the model's value after a step of size tau along d, not below the floor."""
+    model_value = loss_avg + d_dot_x - gamma
+    return torch.clamp((model_value - 0.5 * tau * d_sq_norm) / rho, min=lb_floor)
