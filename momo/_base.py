@@ -114,7 +114,9 @@ class MomoBase(Optimizer):
         dtype = torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
         if isinstance(loss, Tensor):
             if loss.numel() != 1:
-                raise ValueError(f"Invalid loss: a tensor of shape {tuple(loss.shape)}; MoMo needs a scalar")
+                raise ValueError(
+                    f"Invalid loss: a tensor of shape {tuple(loss.shape)}; MoMo needs a scalar"
+                )
             loss = loss.detach().reshape(()).to(device=device, dtype=dtype)
         else:
             loss = torch.tensor(float(loss), device=device, dtype=dtype)
@@ -148,6 +150,8 @@ class MomoBase(Optimizer):
         for i, group in enumerate(self.param_groups):
             key = f"lb_estimate.{i}"
             if group["use_fstar"] and key not in state:
-                state[key] = torch.full((), float(group["lb"]), device=loss.device, dtype=loss.dtype)
+                state[key] = torch.full(
+                    (), float(group["lb"]), device=loss.device, dtype=loss.dtype
+                )
             estimates.append(state[key] if group["use_fstar"] else None)
         return estimates

@@ -9,7 +9,6 @@ import torch
 from torch import Tensor
 
 from momo._base import (
-    GLOBAL_STATE,
     MomoBase,
     check_beta,
     check_finite,
@@ -18,10 +17,10 @@ from momo._base import (
 from momo._kernels import (
     compile_kernel,
     global_dot,
-    select,
     global_sq_norm,
     lb_after_step,
     lb_reset,
+    select,
     step_size,
 )
 
@@ -244,7 +243,7 @@ def _single_tensor_momo(
     step.copy_(k)
 
     d_dot_x = sum((torch.sum(d.to(dtype) * x.to(dtype)) for d, x in zip(all_avgs, all_params)))
-    d_sq_norm = sum((torch.sum(d.to(dtype) * d.to(dtype)) for d in all_avgs))
+    d_sq_norm = sum(torch.sum(d.to(dtype) * d.to(dtype)) for d in all_avgs)
     rho = 1 - beta**k if bias_correction else torch.ones_like(k)
 
     taus, t1s = [], []
@@ -254,7 +253,9 @@ def _single_tensor_momo(
         c = 1 + lr * wd
         if lb is not None:  # MoMo*: reset the estimate when the model's value falls below it
             cap = c * loss_avg + d_dot_x - c * gamma
-            new_lb = torch.where(cap < c * rho * lb, torch.clamp(cap / (2 * c * rho), min=lb_floor), lb)
+            new_lb = torch.where(
+                cap < c * rho * lb, torch.clamp(cap / (2 * c * rho), min=lb_floor), lb
+            )
             lb.copy_(torch.where(ok, new_lb, lb))
         bound = lb if lb is not None else lb_floor
         numerator = torch.clamp(c * (loss_avg - rho * bound) + d_dot_x - c * gamma, min=0)
@@ -315,7 +316,9 @@ def _multi_tensor_momo(
         c = 1 + lr * wd
         if lb is not None:
             lb.copy_(torch.where(ok, lb_reset(lb, loss_avg, d_dot_x, gamma, rho, c, lb_floor), lb))
-        t1, tau = step_size(loss_avg, d_dot_x, gamma, d_sq_norm, rho, lb if lb is not None else lb_floor, lr, c)
+        t1, tau = step_size(
+            loss_avg, d_dot_x, gamma, d_sq_norm, rho, lb if lb is not None else lb_floor, lr, c
+        )
         tau = torch.where(ok, tau, 0.0)
         if group_params:
             if c != 1:
@@ -324,7 +327,9 @@ def _multi_tensor_momo(
                 scale = -tau / c
             else:
                 scale = -tau
-            torch._foreach_add_(group_params, torch._foreach_mul(group_avgs, scale.to(group_avgs[0].dtype)))
+            torch._foreach_add_(
+                group_params, torch._foreach_mul(group_avgs, scale.to(group_avgs[0].dtype))
+            )
         if lb is not None:
             new_lb = lb_after_step(loss_avg, d_dot_x, gamma, d_sq_norm, tau, rho, lb_floor)
             lb.copy_(torch.where(ok, new_lb, lb))

@@ -245,7 +245,9 @@ def _single_tensor_momo_adam(
         c = 1 + lr * wd
         if lb is not None:
             cap = c * loss_avg + d_dot_x - c * gamma
-            new_lb = torch.where(cap < c * rho * lb, torch.clamp(cap / (2 * c * rho), min=lb_floor), lb)
+            new_lb = torch.where(
+                cap < c * rho * lb, torch.clamp(cap / (2 * c * rho), min=lb_floor), lb
+            )
             lb.copy_(torch.where(ok, new_lb, lb))
         bound = lb if lb is not None else lb_floor
         numerator = torch.clamp(c * (loss_avg - rho * bound) + d_dot_x - c * gamma, min=0)
@@ -327,7 +329,9 @@ def _multi_tensor_momo_adam(
         c = 1 + lr * wd
         if lb is not None:
             lb.copy_(torch.where(ok, lb_reset(lb, loss_avg, d_dot_x, gamma, rho, c, lb_floor), lb))
-        t1, tau = step_size(loss_avg, d_dot_x, gamma, d_sq_norm, rho, lb if lb is not None else lb_floor, lr, c)
+        t1, tau = step_size(
+            loss_avg, d_dot_x, gamma, d_sq_norm, rho, lb if lb is not None else lb_floor, lr, c
+        )
         tau = torch.where(ok, tau, 0.0)
         if group_params:
             decay = 1.0 / c if divide else 1.0 - lr * wd

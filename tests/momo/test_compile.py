@@ -1,0 +1,78 @@
+"""No host synchronisation in a step: it traces whole under torch.compile and reads nothing back."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from momo_problems import mlp, regression_data
+from torch.utils._python_dispatch import TorchDispatchMode
+
+from momo import Momo, MomoAdam
+
+# The aten ops behind .item(), float(), bool(), `if tensor` and .tolist(): a read back to the host.
+HOST_READS = {torch.ops.aten._local_scalar_dense.default, torch.ops.aten.equal.default}
+
+
+class RecordHostReads(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.reads = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in HOST_READS:
+            self.reads.append(func)
+        return func(*args, **(kwargs or {}))
+
+
+OPTIONS = [
+    (Momo, {"use_fstar": True, "weight_decay": 0.1, "bias_correction": True}),
+    (MomoAdam, {"use_fstar": True, "weight_decay": 0.1}),
+    (MomoAdam, {"divide": False, "weight_decay": 0.1}),
+]
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "reference"])
+@pytest.mark.parametrize(("cls", "options"), OPTIONS, ids=["Momo", "MomoAdam", "MomoAdamW"])
+def test_step_reads_nothing_back_to_the_host(cls, options, foreach):
+    X, Y = regression_data()
+    model = mlp()
+    params = list(model.parameters())
+    opt = cls(
+        [{"params": params[:2]}, {"params": params[2:], "lr": 1e-3}], foreach=foreach, **options
+    )
+    for _ in range(3):  # the first step creates the state, later ones take the steady path
+        opt.zero_grad()
+        loss = (model(X) - Y).square().mean()
+        loss.backward()
+        with RecordHostReads() as recorder:
+            opt.step(loss=loss)
+        assert recorder.reads == []
+
+
+def test_recorder_sees_a_host_read():
+    with RecordHostReads() as recorder:
+        float(torch.ones(()) * 2)
+    assert recorder.reads == [torch.ops.aten._local_scalar_dense.default]
+
+
+@pytest.mark.parametrize(("cls", "options"), OPTIONS[:2], ids=["Momo", "MomoAdam"])
+def test_step_compiles_as_one_graph_and_matches_eager(cls, options):
+    torch._dynamo.reset()
+    X, Y = regression_data()
+    models = [mlp(), mlp()]
+    opts = [cls(m.parameters(), lr=0.5, **options) for m in models]
+
+    @torch.compile(fullgraph=True)  # a graph break raises
+    def compiled_step(loss):
+        opts[1].step(loss=loss)
+
+    for _ in range(4):
+        for model, opt, step in zip(
+            models, opts, (lambda loss: opts[0].step(loss=loss), compiled_step)
+        ):
+            opt.zero_grad()
+            loss = (model(X) - Y).square().mean()
+            loss.backward()
+            step(loss.detach())
+    for a, b in zip(*(m.parameters() for m in models)):
+        torch.testing.assert_close(a, b, rtol=1e-9, atol=1e-12)
