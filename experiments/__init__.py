@@ -1,0 +1,1 @@
+"""The MoMo benchmark: tasks (data, model, loss, metric), the training loop, run records and figures."""

@@ -1,0 +1,70 @@
+"""The contract between a task and the training loop (docs/design.md §2).
+
+A task owns its data, model, loss and metric and knows nothing of optimizers: the loop asks it for a model,
+for one epoch of batches, for the loss of a batch and for an evaluation of a split.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+# the fixed model-initialisation seed of the paper's runner (step-back `Base.seed`)
+PAPER_MODEL_SEED = 1234567
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is not on disk; the message names it, every path looked at and how to get it."""
+
+    def __init__(self, dataset: str, paths: list[str], how_to_get: str) -> None:
+        self.dataset = dataset
+        self.paths = list(paths)
+        self.how_to_get = how_to_get
+        looked = "\n".join(f"  {p}" for p in self.paths)
+        super().__init__(
+            f"Dataset {dataset!r} not found. Looked at:\n{looked}\nTo get it: {how_to_get}"
+        )
+
+
+class Task(abc.ABC):
+    """Data + model + loss + metric of one experiment.
+
+    The loop calls, in order: `setup(device)` once, `build_model()` once, then per epoch
+    `train_batches(generator)` with `loss(model, batch)` per batch, and `evaluate(model, split)` for
+    "train" and "val".
+    """
+
+    score_name: str = "acc"
+    higher_is_better: bool = True
+
+    @abc.abstractmethod
+    def setup(self, device: torch.device) -> None:
+        """Load the data onto `device`; may raise DatasetNotFoundError."""
+
+    @property
+    @abc.abstractmethod
+    def data_info(self) -> dict:
+        """{"dataset", "source", "synthetic": bool, "n_train", "n_val"} of the loaded data."""
+
+    @abc.abstractmethod
+    def build_model(self) -> torch.nn.Module:
+        """The model on the task's device, initialised from the task's fixed `model_seed`."""
+
+    @abc.abstractmethod
+    def train_batches(self, generator: torch.Generator) -> Iterator[Any]:
+        """One epoch of training batches, shuffled with `generator`, incomplete last batch dropped."""
+
+    @abc.abstractmethod
+    def loss(self, model: torch.nn.Module, batch: Any) -> torch.Tensor:
+        """The mean loss of one batch (0-dim tensor)."""
+
+    @abc.abstractmethod
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        """{"loss": mean loss, "score": metric} over `split` ("train" or "val"), eval mode, no grad."""
+
+    @abc.abstractmethod
+    def batches_per_epoch(self) -> int:
+        """How many batches `train_batches` yields."""
