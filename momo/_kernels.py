@@ -33,7 +33,7 @@ def global_dot(a: list[Tensor], b: list[Tensor], dtype: torch.dtype) -> Tensor:
     """sum_i <a_i, b_i> over all tensors, accumulated in ``dtype``."""
     if not a:
         return torch.zeros((), dtype=dtype)
-    dots = [torch.dot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
+    dots = [torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b)]
     return torch.stack(dots).to(dtype).sum()
 
 
@@ -43,6 +43,11 @@ def global_sq_norm(a: list[Tensor], dtype: torch.dtype) -> Tensor:
         return torch.zeros((), dtype=dtype)
     norms = torch._foreach_norm(a)
     return torch.stack(norms).to(dtype).square().sum()
+
+
+def add_scaled_(tensors: list[Tensor], others: list[Tensor], scale: Tensor) -> None:
+    """tensors += scale * others for a 0-dim tensor ``scale``, in one pass and without a temporary."""
+    torch._foreach_addcmul_(tensors, others, [scale.to(others[0].dtype)] * len(others))
 
 
 def step_size(

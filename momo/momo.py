@@ -15,6 +15,7 @@ from momo._base import (
     check_non_negative,
 )
 from momo._kernels import (
+    add_scaled_,
     compile_kernel,
     global_dot,
     global_sq_norm,
@@ -327,9 +328,7 @@ def _multi_tensor_momo(
                 scale = -tau / c
             else:
                 scale = -tau
-            torch._foreach_add_(
-                group_params, torch._foreach_mul(group_avgs, scale.to(group_avgs[0].dtype))
-            )
+            add_scaled_(group_params, group_avgs, scale)
         if lb is not None:
             new_lb = lb_after_step(loss_avg, d_dot_x, gamma, d_sq_norm, tau, rho, lb_floor)
             lb.copy_(torch.where(ok, new_lb, lb))

@@ -9,7 +9,15 @@ import torch
 from torch import Tensor
 
 from momo._base import MomoBase, check_beta, check_finite, check_non_negative
-from momo._kernels import compile_kernel, global_dot, lb_after_step, lb_reset, select, step_size
+from momo._kernels import (
+    add_scaled_,
+    compile_kernel,
+    global_dot,
+    lb_after_step,
+    lb_reset,
+    select,
+    step_size,
+)
 
 __all__ = ["MomoAdam", "momo_adam"]
 
@@ -338,8 +346,7 @@ def _multi_tensor_momo_adam(
             scale = -tau / c if divide else -tau
             if decay != 1.0:
                 torch._foreach_mul_(group_params, select(ok, decay, 1.0, group_params[0].dtype))
-            torch._foreach_mul_(group_directions, scale.to(group_directions[0].dtype))
-            torch._foreach_add_(group_params, group_directions)
+            add_scaled_(group_params, group_directions, scale)
         if lb is not None:
             new_lb = lb_after_step(loss_avg, d_dot_x, gamma, d_sq_norm, tau, rho, lb_floor)
             lb.copy_(torch.where(ok, new_lb, lb))
