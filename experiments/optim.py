@@ -1,0 +1,87 @@
+"""Optimizers and learning-rate schedules from their config nodes (configs/optimizer/, configs/schedule/).
+
+Both are Hydra `_target_` + `_partial_: true` nodes. Keys that describe the choice rather than parametrise
+the constructor (`name`, and a schedule's `interval`) are dropped before instantiation.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import hydra
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+_NOT_CONSTRUCTOR_ARGS = ("name", "interval")
+
+
+def _instantiate_partial(node: DictConfig) -> Any:
+    kwargs = {k: v for k, v in OmegaConf.to_container(node, resolve=True).items()}
+    for key in _NOT_CONSTRUCTOR_ARGS:
+        kwargs.pop(key, None)
+    # _convert_="all": plain lists (betas) in the optimizer's defaults, so state_dict() holds no OmegaConf.
+    return hydra.utils.instantiate(kwargs, _convert_="all")
+
+
+def build_optimizer(
+    node: DictConfig, params: Iterable[torch.nn.Parameter]
+) -> torch.optim.Optimizer:
+    """The optimizer of `node` over `params`; its constructor validates the hyperparameters."""
+    return _instantiate_partial(node)(params)
+
+
+def build_schedule(node: DictConfig, optimizer: torch.optim.Optimizer) -> LRScheduler:
+    """The lr schedule of `node`; the loop steps it per epoch or per step as `node.interval` says."""
+    if node.interval not in ("epoch", "step"):
+        raise ValueError(f"Invalid schedule interval: {node.interval!r} (epoch or step)")
+    return _instantiate_partial(node)(optimizer)
+
+
+# Factors are partials of module functions, not lambdas: LambdaLR.state_dict() keeps a partial's
+# __dict__ (empty) and a checkpoint can be pickled; the partial itself is rebuilt from the config.
+def _cosine_factor(
+    t: int, *, warmup: int, total: int, start_factor: float, final_factor: float
+) -> float:
+    if t < warmup:
+        return start_factor + (1.0 - start_factor) * t / warmup
+    progress = min(t - warmup, total - warmup) / (total - warmup)
+    return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
+def warmup_cosine(
+    optimizer: torch.optim.Optimizer,
+    *,
+    warmup: int,
+    total: int,
+    start_factor: float = 0.01,
+    final_factor: float = 0.0,
+) -> LRScheduler:
+    """Linear warmup from `start_factor * lr` over `warmup` intervals, then cosine decay to
+    `final_factor * lr` at interval `total` (relative to each group's lr, unlike CosineAnnealingLR's
+    absolute eta_min)."""
+    if not 0 <= warmup < total:
+        raise ValueError(f"Invalid warmup: {warmup} (need 0 <= warmup < total = {total})")
+    factor = functools.partial(
+        _cosine_factor,
+        warmup=warmup,
+        total=total,
+        start_factor=start_factor,
+        final_factor=final_factor,
+    )
+    return LambdaLR(optimizer, factor)
+
+
+def _inverse_sqrt_factor(t: int, *, warmup: int) -> float:
+    t = t + 1  # LambdaLR counts from 0; the first update is step 1
+    return min(t / warmup, math.sqrt(warmup / t))
+
+
+def warmup_inverse_sqrt(optimizer: torch.optim.Optimizer, *, warmup: int) -> LRScheduler:
+    """lr * min(t / warmup, sqrt(warmup / t)) at interval t = 1, 2, ... (fairseq's inverse_sqrt)."""
+    if warmup < 1:
+        raise ValueError(f"Invalid warmup: {warmup}")
+    return LambdaLR(optimizer, functools.partial(_inverse_sqrt_factor, warmup=warmup))

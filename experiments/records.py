@@ -1,0 +1,178 @@
+"""Run records: one directory per run, written once (docs/design.md §4).
+
+    <results_dir>/runs/<experiment>/<run_id>/        config.yaml, metrics.jsonl, trace.csv, run.json
+    <results_dir>/runs/<experiment>/.tmp/<run_id>-<pid>/   assembled here, then renamed into place
+    <results_dir>/runs/<experiment>/.partial/<run_id>/     per-epoch checkpoint of an unfinished run
+
+Non-finite numbers are written as JSON `null` (strict JSON that every reader accepts); the run's status
+says whether it diverged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import json
+import math
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+# Keys of the resolved config that do not change the result, so they do not change the run id.
+NOT_IN_RUN_ID = ("logger", "results_dir", "data_dir", "device", "hydra", "checkpoint")
+FINISHED = ("completed", "diverged")  # a rerun of such a record returns at once; `failed` is rerun
+TRACE_COLUMNS = ("step", "epoch", "loss", "lr", "step_size", "adaptive_step", "lb_estimate")
+_DISTRIBUTIONS = (
+    "momo-suite",
+    "torch",
+    "torchvision",
+    "numpy",
+    "hydra-core",
+    "omegaconf",
+    "timm",
+    "pytorch-optimizer",
+    "wandb",
+)
+
+
+def run_id(cfg: DictConfig) -> str:
+    """First 12 hex chars of the sha256 of the canonical JSON of the resolved config, minus
+    NOT_IN_RUN_ID."""
+    resolved = OmegaConf.to_container(cfg, resolve=True)
+    kept = {k: v for k, v in resolved.items() if k not in NOT_IN_RUN_ID}
+    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Where the record, its staging directory and its checkpoint of one run live."""
+
+    experiment_dir: Path
+    run_id: str
+
+    @classmethod
+    def for_config(cls, cfg: DictConfig) -> RunPaths:
+        return cls(Path(cfg.results_dir) / "runs" / cfg.experiment, run_id(cfg))
+
+    @property
+    def record(self) -> Path:
+        return self.experiment_dir / self.run_id
+
+    @property
+    def partial(self) -> Path:
+        return self.experiment_dir / ".partial" / self.run_id
+
+    @property
+    def checkpoint(self) -> Path:
+        return self.partial / "checkpoint.pt"
+
+
+def read_info(paths: RunPaths) -> dict | None:
+    """The run.json of the record, whatever its status; None without a record."""
+    try:
+        return json.loads((paths.record / "run.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+
+
+def read_record(paths: RunPaths) -> dict | None:
+    """The run.json of the finished record (completed or diverged), else None."""
+    info = read_info(paths)
+    return info if info is not None and info.get("status") in FINISHED else None
+
+
+def write_record(
+    paths: RunPaths, *, config: DictConfig, metrics: list[dict], trace: list[dict], info: dict
+) -> Path:
+    """Assembles the record in a staging directory and renames it into place (replacing a failed one)."""
+    staging = paths.experiment_dir / ".tmp" / f"{paths.run_id}-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    (staging / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
+    with open(staging / "metrics.jsonl", "w") as f:
+        f.writelines(_json_line(row) for row in metrics)
+    with open(staging / "trace.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in trace)
+    (staging / "run.json").write_text(
+        json.dumps(_finite_or_none(info), indent=2, allow_nan=False, default=str) + "\n"
+    )
+    shutil.rmtree(paths.record, ignore_errors=True)  # only a failed record can be here
+    os.rename(staging, paths.record)
+    _remove_if_empty(staging.parent)
+    return paths.record
+
+
+def save_checkpoint(paths: RunPaths, state: dict[str, Any]) -> None:
+    """torch.save to a temporary name, then an atomic rename: a kill never leaves half a checkpoint."""
+    paths.partial.mkdir(parents=True, exist_ok=True)
+    tmp = paths.checkpoint.with_suffix(f".tmp{os.getpid()}")
+    torch.save(state, tmp)
+    os.replace(tmp, paths.checkpoint)
+
+
+def load_checkpoint(paths: RunPaths) -> dict[str, Any] | None:
+    if not paths.checkpoint.exists():
+        return None
+    # weights_only=False: the checkpoint holds RNG states and Python objects that we wrote ourselves.
+    return torch.load(paths.checkpoint, map_location="cpu", weights_only=False)
+
+
+def remove_checkpoint(paths: RunPaths) -> None:
+    shutil.rmtree(paths.partial, ignore_errors=True)
+    _remove_if_empty(paths.partial.parent)
+
+
+def _remove_if_empty(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not empty: another run of the experiment is using it
+        directory.rmdir()
+
+
+def git_commit() -> str | None:
+    """HEAD of the repository that holds this code, if it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"],
+            cwd=Path(__file__).resolve().parent,
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=True,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None
+
+
+def package_versions() -> dict[str, str | None]:
+    versions: dict[str, str | None] = {}
+    for name in _DISTRIBUTIONS:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _finite_or_none(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite_or_none(v) for v in value]
+    return value
+
+
+def _json_line(row: dict) -> str:
+    return json.dumps(_finite_or_none(row), allow_nan=False) + "\n"
