@@ -13,7 +13,7 @@ FIG ?= $(EXPERIMENT)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-slurm test-all lint format bench reproduce-figure sweep status \
-        aggregate plot install-fairseq install-torchrec data-fashion-mnist clean
+        aggregate plot smoke install-fairseq install-torchrec data-fashion-mnist clean
 
 help: ## list the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -34,14 +34,14 @@ install-fairseq: ## (re)install fairseq-fixed into .venv (part of install)
 install-torchrec: ## (re)install torchrec for DLRM into .venv (part of install)
 	PYTHON=$(PY) bash scripts/install_torchrec.sh
 
-test: $(STAMP) ## the default test suite (offline, CPU, < 15 min on 2 cores)
-	$(PY) -m pytest
+test: $(STAMP) ## the default suite (offline, CPU, < 15 min on 2 cores), with the local-SLURM sweep test
+	$(PY) -m pytest -m "(not slow or slurm) and not gpu"
 
 test-slow: $(STAMP) ## the slow tests (minutes each)
 	$(PY) -m pytest -m "slow and not gpu"
 
 test-slurm: $(STAMP) ## the SLURM sweep tests on a local single-node cluster (root, Debian)
-	$(PY) -m pytest -m slurm
+	$(PY) -m pytest -m slurm tests/experiments/test_slurm.py
 
 test-all: $(STAMP) ## every test that this machine can run
 	$(PY) -m pytest -m ""
@@ -58,6 +58,24 @@ bench: $(STAMP) ## optimizer-step benchmark against torch.optim and momo-opt 0.1
 	test -f .bench_cache/momo_opt/momo/__init__.py || \
 	  $(PY) -m pip install -q --no-deps --target .bench_cache/momo_opt momo-opt==0.1.0
 	$(PY) scripts/bench.py
+
+sweep: $(STAMP) ## run the lr sweep of EXPERIMENT (LAUNCHER=local|parallel|slurm, ARGS="overrides")
+	$(PY) -m experiments.sweep $(EXPERIMENT) --launcher $(LAUNCHER) $(ARGS)
+
+status: $(STAMP) ## how many runs of the sweep of EXPERIMENT are done, diverged, failed, missing
+	$(PY) -m experiments.sweep $(EXPERIMENT) --status $(ARGS)
+
+aggregate: $(STAMP) ## the tidy table and robustness numbers of EXPERIMENT (results/)
+	$(PY) -m experiments.aggregate $(EXPERIMENT)
+
+plot: $(STAMP) ## the figures of EXPERIMENT (plots/), from the aggregated table
+	$(PY) -m experiments.plot $(EXPERIMENT)
+
+reproduce-figure: $(STAMP) ## sweep + aggregate + plot of FIG (default: Fashion-MNIST MLP on this CPU)
+	PY=$(PY) FIG=$(FIG) LAUNCHER=$(LAUNCHER) ARGS="$(ARGS)" bash scripts/reproduce_figure.sh
+
+smoke: $(STAMP) ## a seconds-long CPU run of EXPERIMENT on synthetic data
+	$(PY) -m experiments.train experiment=$(EXPERIMENT) profile=smoke
 
 data-fashion-mnist: ## real Fashion-MNIST from Debian's package (root)
 	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)

@@ -27,7 +27,16 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 # Keys of the resolved config that do not change the result, so they do not change the run id.
-NOT_IN_RUN_ID = ("logger", "results_dir", "data_dir", "device", "hydra", "checkpoint")
+# Dotted paths reach into groups: where the data came from (download or not) does not change the run.
+NOT_IN_RUN_ID = (
+    "logger",
+    "results_dir",
+    "data_dir",
+    "device",
+    "hydra",
+    "checkpoint",
+    "task.download",
+)
 FINISHED = ("completed", "diverged")  # a rerun of such a record returns at once; `failed` is rerun
 TRACE_COLUMNS = ("step", "epoch", "loss", "lr", "step_size", "adaptive_step", "lb_estimate")
 _DISTRIBUTIONS = (
@@ -46,8 +55,14 @@ _DISTRIBUTIONS = (
 def run_id(cfg: DictConfig) -> str:
     """First 12 hex chars of the sha256 of the canonical JSON of the resolved config, minus
     NOT_IN_RUN_ID."""
-    resolved = OmegaConf.to_container(cfg, resolve=True)
-    kept = {k: v for k, v in resolved.items() if k not in NOT_IN_RUN_ID}
+    kept = OmegaConf.to_container(cfg, resolve=True)
+    for path in NOT_IN_RUN_ID:
+        *parents, key = path.split(".")
+        node = kept
+        for parent in parents:
+            node = node.get(parent) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(key, None)
     canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"), allow_nan=False)
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
