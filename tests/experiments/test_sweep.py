@@ -1,0 +1,146 @@
+"""Sweeps through the real runner: the sweep file, Hydra multiruns, status, aggregate, plot, and resume.
+
+Smoke profile (synthetic stand-in data, a few batches), so the runs take seconds.
+"""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from experiments.sweep import expected_runs, load_sweep, multirun_command
+
+ROOT = Path(__file__).resolve().parents[2]
+ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+TINY = """
+experiment: fashion_mnist_mlp
+params:
+  seed: [0, 1]
+optimizers:
+  momo:
+    optimizer.lr: [0.1, 10.0]
+  sgd_m:
+    optimizer.lr: [0.01, 0.1]
+"""
+
+
+def _sweep(tmp_path: Path, *args: str, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
+    sweep_file = tmp_path / "tiny.yaml"
+    sweep_file.write_text(TINY)
+    command = [
+        sys.executable, "-m", "experiments.sweep", "fashion_mnist_mlp", "--file", str(sweep_file),
+        "profile=smoke", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun", *args,
+    ]  # fmt: skip
+    if kwargs.pop("background", False):
+        return subprocess.Popen(command, cwd=ROOT, env=ENV, start_new_session=True, **kwargs)
+    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, **kwargs)
+
+
+def _records(tmp_path: Path) -> list[dict]:
+    root = tmp_path / "runs" / "fashion_mnist_mlp"
+    return [json.loads(p.read_text()) for p in sorted(root.glob("*/run.json"))]
+
+
+def test_load_sweep_blocks_and_their_hydra_commands(tmp_path):
+    (tmp_path / "s.yaml").write_text(TINY)
+    blocks = load_sweep("fashion_mnist_mlp", tmp_path / "s.yaml")
+    assert [b.optimizer for b in blocks] == ["momo", "sgd_m"]
+    command = multirun_command("fashion_mnist_mlp", blocks[0], "parallel", ["profile=smoke"])
+    assert command[1:] == [
+        "-m", "experiments.train", "-m", "experiment=fashion_mnist_mlp", "optimizer=momo",
+        "seed=0,1", "optimizer.lr=0.1,10.0", "hydra/launcher=parallel", "profile=smoke",
+    ]  # fmt: skip
+    runs = list(expected_runs("fashion_mnist_mlp", blocks, ["hydra.sweep.dir=x"]))
+    assert len(runs) == 8 and all(not any(o.startswith("hydra") for o in r) for r in runs)
+
+
+def test_load_sweep_block_values_replace_shared_ones_and_lists_give_multiruns(tmp_path):
+    (tmp_path / "s.yaml").write_text(
+        "experiment: e\nparams: {seed: [0], optimizer.lr: [1, 2]}\noptimizers:\n"
+        "  adamw:\n    - {optimizer.lr: 0.1, optimizer.weight_decay: 0.001}\n"
+        "    - {optimizer.lr: 0.01, optimizer.weight_decay: 0.01}\n  momo: {}\n"
+    )
+    blocks = load_sweep("e", tmp_path / "s.yaml")
+    assert [b.overrides() for b in blocks] == [
+        ["seed=0", "optimizer.lr=0.1", "optimizer.weight_decay=0.001"],
+        ["seed=0", "optimizer.lr=0.01", "optimizer.weight_decay=0.01"],
+        ["seed=0", "optimizer.lr=1,2"],
+    ]
+
+
+# Files of experiments.sweep's format (iwslt14.yaml is a hydra.sweeper file of experiments.iwslt14).
+SWEEPS = sorted(
+    p.stem for p in (ROOT / "configs/sweep").glob("*.yaml") if "optimizers:" in p.read_text()
+)
+
+
+@pytest.mark.parametrize("experiment", SWEEPS)
+def test_every_paper_sweep_file_loads(experiment):
+    blocks = load_sweep(experiment)
+    assert blocks and all("seed" in b.params and "optimizer.lr" in b.params for b in blocks)
+
+
+@pytest.mark.slow
+def test_sweep_end_to_end_through_aggregate_and_plot(tmp_path):
+    done = _sweep(tmp_path, "--launcher", "parallel", "hydra.launcher.n_jobs=2", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = _records(tmp_path)
+    assert len(records) == 8
+    assert {(r["optimizer"], r["lr"], r["seed"]) for r in records} == {
+        (o, lr, s) for o, lrs in (("momo", (0.1, 10.0)), ("sgd_m", (0.01, 0.1))) for lr in lrs
+        for s in (0, 1)
+    }  # fmt: skip
+    status = _sweep(tmp_path, "--status")
+    assert "8 runs expected" in status.stdout and "missing 0" in status.stdout, status.stdout
+
+    subprocess.run(
+        [sys.executable, "-m", "experiments.aggregate", "fashion_mnist_mlp", "--results-dir",
+         str(tmp_path)], cwd=ROOT, env=ENV, check=True, capture_output=True,
+    )  # fmt: skip
+    table = pd.read_parquet(tmp_path / "fashion_mnist_mlp.parquet")
+    assert len(table) == 8 * 2  # the smoke profile trains 2 epochs
+    assert table["synthetic"].all() and (table["profile"] == "smoke").all()
+    summary = pd.read_csv(tmp_path / "fashion_mnist_mlp_summary.csv")
+    assert len(summary) == 4 and (summary["n_completed"] + summary["n_diverged"] == 2).all()
+    trace = pd.read_parquet(tmp_path / "fashion_mnist_mlp_trace.parquet")
+    assert trace.loc[trace["optimizer"] == "momo", "adaptive_step"].notna().all()
+
+    plots = tmp_path / "plots"
+    subprocess.run(
+        [sys.executable, "-m", "experiments.plot", "fashion_mnist_mlp", "--results-dir", str(tmp_path),
+         "--plots-dir", str(plots)], cwd=ROOT, env=ENV, check=True, capture_output=True,
+    )  # fmt: skip
+    for name in ("robustness", "training_curves", "step_sizes_momo"):
+        assert (plots / "fashion_mnist_mlp" / f"{name}.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_sweep_killed_with_sigkill_and_rerun_records_every_run_once(tmp_path):
+    # Long enough runs that the kill lands mid-sweep (and likely mid-run).
+    sweep = _sweep(tmp_path, "epochs=40", background=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    deadline = time.monotonic() + 300
+    while len(_records(tmp_path)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    os.killpg(sweep.pid, signal.SIGKILL)
+    sweep.wait()
+    killed_with = len(_records(tmp_path))
+    assert 2 <= killed_with < 8, "the kill should land mid-sweep"
+
+    done = _sweep(tmp_path, "epochs=40", timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    records = _records(tmp_path)
+    assert len(records) == 8
+    assert len({r["run_id"] for r in records}) == 8
+    assert len({(r["optimizer"], r["lr"], r["seed"]) for r in records}) == 8
+    assert all(r["status"] in ("completed", "diverged") for r in records)
+    assert all(r["epochs_done"] == 40 for r in records if r["status"] == "completed")
+    assert not list((tmp_path / "runs" / "fashion_mnist_mlp" / ".partial").glob("*/checkpoint.pt"))
+    status = _sweep(tmp_path, "epochs=40", "--status")
+    assert "missing 0" in status.stdout and "failed 0" in status.stdout
