@@ -13,10 +13,10 @@ FIG ?= $(EXPERIMENT)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-slow test-slurm test-all lint format bench reproduce-figure sweep status \
-        aggregate plot smoke install-fairseq install-torchrec data-fashion-mnist clean
+        aggregate plot smoke install-fairseq install-torchrec data-fashion-mnist data-iwslt14 data-criteo clean
 
 help: ## list the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
 
 $(STAMP): pyproject.toml scripts/install_fairseq.sh scripts/install_torchrec.sh
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -76,6 +76,13 @@ reproduce-figure: $(STAMP) ## sweep + aggregate + plot of FIG (default: Fashion-
 
 smoke: $(STAMP) ## a seconds-long CPU run of EXPERIMENT on synthetic data
 	$(PY) -m experiments.train experiment=$(EXPERIMENT) profile=smoke
+
+data-iwslt14: $(STAMP) ## IWSLT14 De-En: fairseq's preparation + fairseq-preprocess (needs de-en.tgz)
+	bash scripts/prepare_iwslt14.sh --data-dir $${MOMO_DATA_DIR:-data}
+
+CRITEO_TXT ?= train.txt
+data-criteo: $(STAMP) ## Criteo Kaggle train.txt -> memory-mapped arrays (CRITEO_TXT=/path/train.txt)
+	$(PY) scripts/prepare_criteo.py --input $(CRITEO_TXT) --output $${MOMO_DATA_DIR:-data}/criteo
 
 data-fashion-mnist: ## real Fashion-MNIST from Debian's package (root)
 	apt-get install -y dataset-fashion-mnist || (apt-get update && apt-get install -y dataset-fashion-mnist)
