@@ -100,6 +100,15 @@ class MomoBase(Optimizer):
     def _update(self, loss: Tensor) -> None:
         raise NotImplementedError
 
+    def _publish(
+        self, taus: list[Tensor], t1s: list[Tensor], lb_estimates: list[Tensor | None]
+    ) -> None:
+        """The step-size diagnostics of docs/design.md §1, one set per param group."""
+        for group, tau, t1, lb in zip(self.param_groups, taus, t1s, lb_estimates):
+            group["step_size"], group["adaptive_step"] = tau, t1
+            if lb is not None:
+                group["lb_estimate"] = lb
+
     def _first_param(self) -> Tensor | None:
         for group in self.param_groups:
             for p in group["params"]:

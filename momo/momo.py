@@ -160,10 +160,7 @@ class Momo(MomoBase):
             foreach=groups[0]["foreach"] is not False,
             compiled=groups[0]["compiled"],
         )
-        for group, tau, t1, lb in zip(groups, taus, t1s, lb_estimates):
-            group["step_size"], group["adaptive_step"] = tau, t1
-            if lb is not None:
-                group["lb_estimate"] = lb
+        self._publish(taus, t1s, lb_estimates)
 
 
 def momo(
