@@ -27,7 +27,7 @@ optimizers:
   sgd_m:
     optimizer.lr: [0.01, 0.1]
 """
-EPOCHS = 2000  # smoke-profile epochs take 0.01-0.05 s: the requeue must land mid-run
+EPOCHS = 1000  # smoke-profile epochs take 0.01-0.05 s: the requeue must land mid-run
 
 
 @pytest.fixture(scope="module")
