@@ -1,0 +1,343 @@
+"""ImageNet-1k with a timm model and timm's training recipe: the imagenet_vit experiment of SPEC.md §4.
+
+Everything that timm provides comes from timm: the model (`timm.create_model`), the ImageFolder reader
+(`timm.data.create_dataset`), the train and eval transforms (`timm.data.create_transform`: random resized
+crop, RandAugment, bicubic resize with `crop_pct`), Mixup/CutMix (`timm.data.Mixup`) and the loss
+(`timm.loss.BinaryCrossEntropy`). The paper's row (SPEC.md §4) gives RandAugment m6, mixup 0.1, cutmix 1.0
+and BCE, which is timm's ResNet-strikes-back A3 augmentation; the details it leaves open come from A3:
+magnitude noise std 0.5 (`rand-m6-mstd0.5-inc1`), no label smoothing, BCE targets binarised at 0.2.
+
+Unlike the small in-memory datasets, ImageNet is read from disk by a `DataLoader` with worker processes.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import os
+import random
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import timm
+import timm.data
+import timm.loss
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
+
+from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task
+
+log = logging.getLogger(__name__)
+
+Batch = tuple[torch.Tensor, torch.Tensor]
+
+IMAGENET_HOW_TO_GET = (
+    "download ILSVRC2012_img_train.tar and ILSVRC2012_img_val.tar from https://image-net.org "
+    "(login required); untar the train archive and each per-class tar inside it into "
+    "<data_dir>/imagenet/train/<wnid>/*.JPEG, and sort the 50,000 validation images into "
+    "<data_dir>/imagenet/val/<wnid>/*.JPEG (the usual valprep.sh step); point data_dir (or MOMO_DATA_DIR) "
+    "at the folder holding imagenet/"
+)
+
+
+def _rank_and_world() -> tuple[int, int]:
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _usable_cpus() -> int:
+    # the cores this process may run on (a SLURM allocation), not the machine's
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def _seed_host_rngs(seed: int) -> None:
+    # timm's augmentations draw from Python's `random` (in whichever process runs the transform) and its
+    # Mixup from NumPy's global RNG; seeding both from the run's generator makes a run seed reproducible.
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+
+
+def write_synthetic_image_folder(
+    root: Path, n_images: int, n_classes: int, seed: int, size: tuple[int, int] = (96, 80)
+) -> None:
+    """A tiny ImageFolder (`root/<class>/<i>.png`) of random RGB images, for stand-in runs.
+
+    The images are smaller than the model's input and not square, so the real crop and resize run.
+    """
+    rng = np.random.default_rng(seed)
+    for i in range(n_images):
+        folder = root / f"class{i % n_classes:04d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = rng.integers(0, 256, size=(size[1], size[0], 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / f"{i:05d}.png")
+
+
+def timm_data_config(model: str, crop_pct: float) -> dict[str, Any]:
+    """timm's data config of `model` (input size, interpolation, mean, std) with our `crop_pct`.
+
+    Read from the model's pretrained config without building the model or touching the hub.
+    """
+    pretrained_cfg = timm.models.get_pretrained_cfg(model).to_dict()
+    return timm.data.resolve_data_config({"crop_pct": crop_pct}, pretrained_cfg=pretrained_cfg)
+
+
+class TimmImageNet(Task):
+    """ImageNet-1k top-1 classification with a timm model and timm's augmentation recipe.
+
+    Data: `data_dir/<folder>/{train,val}/<class>/<image>` (ImageFolder layout), read by timm's folder
+    reader through a `DataLoader` with `num_workers` processes. `batch_size` is the global batch; under
+    torch.distributed each rank reads only its `batch_size / world_size` images (a `DistributedSampler`
+    shard), because decoding is the bottleneck: `shards_batches = True` tells the loop that these batches
+    are this rank's already and must not be sliced again.
+
+    Training batches are augmented (random resized crop, flip, RandAugment `auto_augment`) and mixed
+    (Mixup/CutMix, soft targets); the loss is timm's BinaryCrossEntropy. Evaluation uses timm's eval
+    transform (resize to `img_size / crop_pct`, centre crop), no mixing, and reports plain cross-entropy and
+    top-1 accuracy; the "train" split is a fixed subset of `train_eval_size` training images.
+
+    Randomness: one number drawn from the loop's generator per epoch seeds the sampler's order, the
+    DataLoader workers (augmentation) and Mixup, so a run seed fixes the whole epoch. The model starts from
+    `model_seed` for every run.
+
+    `synthetic=True` writes a tiny ImageFolder of random images to a temporary directory (a few dozen
+    images) and trains on it with `synthetic_batch_size`: the real timm pipeline, runnable on a CPU.
+    `max_train_batches` / `max_eval_batches` cap the batches per epoch / per evaluation (smoke runs).
+    """
+
+    score_name = "acc"
+    higher_is_better = True
+    shards_batches = True
+
+    def __init__(
+        self,
+        *,
+        model: str = "vit_tiny_patch16_224",
+        model_kwargs: dict[str, Any] | None = None,
+        num_classes: int = 1000,
+        folder: str = "imagenet",
+        batch_size: int = 512,
+        eval_batch_size: int = 512,
+        num_workers: int = 8,
+        crop_pct: float = 0.9,
+        auto_augment: str | None = "rand-m6-mstd0.5-inc1",
+        mixup_alpha: float = 0.1,
+        cutmix_alpha: float = 1.0,
+        label_smoothing: float = 0.0,
+        bce_target_threshold: float | None = 0.2,
+        train_eval_size: int = 50_000,
+        model_seed: int = PAPER_MODEL_SEED,
+        data_dir: str | Path = "data",
+        synthetic: bool = False,
+        synthetic_n_train: int = 32,
+        synthetic_n_val: int = 16,
+        synthetic_batch_size: int = 8,
+        max_train_batches: int | None = None,
+        max_eval_batches: int | None = None,
+    ) -> None:
+        used_batch = synthetic_batch_size if synthetic else batch_size
+        # timm's batch-mode Mixup pairs each image with the batch reversed: it needs an even batch
+        if used_batch < 2 or used_batch % 2:
+            raise ValueError(f"Invalid batch_size: {used_batch} (Mixup needs an even batch >= 2)")
+        if eval_batch_size < 1:
+            raise ValueError(f"Invalid eval_batch_size: {eval_batch_size}")
+        if not 0.0 < crop_pct <= 1.0:
+            raise ValueError(f"Invalid crop_pct: {crop_pct}")
+        self.model_name = model
+        self.model_kwargs = dict(model_kwargs or {})
+        self.num_classes = num_classes
+        self.folder = folder
+        self.batch_size = used_batch
+        self.eval_batch_size = eval_batch_size
+        # more workers than cores only adds start-up time (and a DataLoader warning)
+        self.num_workers = min(num_workers, _usable_cpus())
+        self.crop_pct = crop_pct
+        self.auto_augment = auto_augment
+        self.train_eval_size = train_eval_size
+        self.model_seed = model_seed
+        self.data_dir = Path(data_dir).expanduser()
+        self.synthetic = synthetic
+        self.synthetic_n_train = synthetic_n_train
+        self.synthetic_n_val = synthetic_n_val
+        self.max_train_batches = max_train_batches
+        self.max_eval_batches = max_eval_batches
+        # without mixing, batches keep their class indices and the loss one-hot encodes them
+        self._mixup = (
+            timm.data.Mixup(
+                mixup_alpha=mixup_alpha,
+                cutmix_alpha=cutmix_alpha,
+                label_smoothing=label_smoothing,
+                num_classes=num_classes,
+            )
+            if mixup_alpha > 0 or cutmix_alpha > 0
+            else None
+        )
+        # soft (mixed) targets binarised at the threshold, as timm's train.py with --bce-loss
+        self._train_loss = timm.loss.BinaryCrossEntropy(
+            smoothing=label_smoothing, target_threshold=bce_target_threshold
+        )
+        self._device = torch.device("cpu")
+        self._tmp: tempfile.TemporaryDirectory | None = None
+        self._train_set: Dataset | None = None
+        self._sets: dict[str, Dataset] = {}
+        self._source = ""
+
+    def setup(self, device: torch.device) -> None:
+        self._device = torch.device(device)
+        root = self._synthetic_root() if self.synthetic else self._imagenet_root()
+        data_config = timm_data_config(self.model_name, self.crop_pct)
+        common = {
+            "input_size": data_config["input_size"],
+            "interpolation": data_config["interpolation"],
+            "mean": data_config["mean"],
+            "std": data_config["std"],
+        }
+        train_tf = timm.data.create_transform(
+            **common, is_training=True, auto_augment=self.auto_augment
+        )
+        eval_tf = timm.data.create_transform(
+            **common,
+            is_training=False,
+            crop_pct=data_config["crop_pct"],
+            crop_mode=data_config["crop_mode"],
+        )
+        train_set = timm.data.create_dataset("", root=str(root), split="train", transform=train_tf)
+        val_set = timm.data.create_dataset("", root=str(root), split="val", transform=eval_tf)
+        # the train-split evaluation reads training images through the eval transform; the copy shares
+        # the (large) file index with the training set
+        train_eval = copy.copy(train_set)
+        train_eval.transform = eval_tf
+        self._train_set = train_set
+        self._sets = {"train": self._fixed_subset(train_eval), "val": val_set}
+        self._source = f"{'synthetic' if self.synthetic else 'folder'}:{root}"
+        log.info("%s: %d train / %d val images", self._source, len(train_set), len(val_set))
+
+    @property
+    def data_info(self) -> dict:
+        return {
+            "dataset": "imagenet",
+            "source": self._source,
+            "synthetic": self.synthetic,
+            "n_train": len(self._loaded()),
+            "n_val": len(self._sets["val"]),
+            "batch_size": self.batch_size,
+        }
+
+    def build_model(self) -> torch.nn.Module:
+        # the global RNG is restored afterwards: the model seed must not leak into the run's randomness
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(self.model_seed)
+            model = timm.create_model(
+                self.model_name,
+                pretrained=False,
+                num_classes=self.num_classes,
+                **self.model_kwargs,
+            )
+        return model.to(self._device)
+
+    def batches_per_epoch(self) -> int:
+        full = len(self._loaded()) // self.batch_size
+        return full if self.max_train_batches is None else min(full, self.max_train_batches)
+
+    def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
+        train_set = self._loaded()
+        rank, world = _rank_and_world()
+        if self.batch_size % world:
+            raise ValueError(f"batch_size {self.batch_size} does not split over {world} ranks")
+        # the same epoch seed on every rank (same run seed): one shared order, split by the sampler
+        epoch_seed = int(torch.randint(2**62, (), generator=generator, device=generator.device))
+        sampler = DistributedSampler(
+            train_set, num_replicas=world, rank=rank, shuffle=True, seed=epoch_seed, drop_last=True
+        )
+        worker_seed = epoch_seed + rank  # different augmentations on different ranks
+        _seed_host_rngs(worker_seed)
+        loader = DataLoader(
+            train_set,
+            batch_size=self.batch_size // world,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self._device.type == "cuda",
+            drop_last=True,
+            generator=torch.Generator().manual_seed(worker_seed),
+        )
+        for i, (images, labels) in enumerate(loader):
+            if i >= self.batches_per_epoch():
+                break
+            images = images.to(self._device, non_blocking=True)
+            labels = labels.to(self._device, non_blocking=True)
+            yield (images, labels) if self._mixup is None else self._mixup(images, labels)
+
+    def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
+        images, soft_targets = batch
+        return self._train_loss(model(images), soft_targets)
+
+    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+        self._loaded()
+        if split not in self._sets:
+            raise ValueError(f"Unknown split: {split!r}; use 'train' or 'val'")
+        dataset = self._sets[split]
+        rank, world = _rank_and_world()
+        # each rank evaluates every world-th image; the sums are all-reduced (no padding, no duplicates)
+        shard = Subset(dataset, range(rank, len(dataset), world))
+        loader = DataLoader(
+            shard,
+            batch_size=self.eval_batch_size,
+            num_workers=self.num_workers,
+            pin_memory=self._device.type == "cuda",
+        )
+        was_training = model.training
+        model.eval()
+        totals = torch.zeros(
+            3, device=self._device, dtype=torch.float64
+        )  # loss sum, correct, count
+        with torch.no_grad():
+            for i, (images, labels) in enumerate(loader):
+                if self.max_eval_batches is not None and i >= self.max_eval_batches:
+                    break
+                images = images.to(self._device, non_blocking=True)
+                labels = labels.to(self._device, non_blocking=True)
+                logits = model(images).float()
+                totals[0] += F.cross_entropy(logits, labels, reduction="sum")
+                totals[1] += (logits.argmax(dim=1) == labels).sum()
+                totals[2] += labels.shape[0]
+        model.train(was_training)
+        if world > 1:
+            dist.all_reduce(totals)
+        loss_sum, correct, count = totals.tolist()  # one host sync per evaluation
+        return {"loss": loss_sum / count, "score": correct / count}
+
+    def _imagenet_root(self) -> Path:
+        root = self.data_dir / self.folder
+        paths = [root / "train", root / "val"]
+        # timm's create_dataset falls back to the root when a split folder is missing: check first
+        if not all(p.is_dir() for p in paths):
+            raise DatasetNotFoundError("imagenet", [str(p) for p in paths], IMAGENET_HOW_TO_GET)
+        return root
+
+    def _synthetic_root(self) -> Path:
+        self._tmp = tempfile.TemporaryDirectory(prefix="synthetic-imagenet-")
+        root = Path(self._tmp.name)
+        n_classes = min(self.num_classes, 4)
+        write_synthetic_image_folder(root / "train", self.synthetic_n_train, n_classes, seed=0)
+        write_synthetic_image_folder(root / "val", self.synthetic_n_val, n_classes, seed=1)
+        return root
+
+    def _fixed_subset(self, dataset: Dataset) -> Dataset:
+        n = len(dataset)
+        if n <= self.train_eval_size:
+            return dataset
+        # evenly spaced indices: a fixed subset that covers every class folder in the sorted file list
+        return Subset(dataset, np.linspace(0, n - 1, self.train_eval_size).astype(int).tolist())
+
+    def _loaded(self) -> Dataset:
+        if self._train_set is None:
+            raise RuntimeError("Call setup(device) before using the task's data")
+        return self._train_set
