@@ -102,7 +102,9 @@ def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
             batches, total=run.task.batches_per_epoch(), desc=f"epoch {epoch}", leave=False
         )
     for step, batch in enumerate(batches, start=first_step):
-        closure = functools.partial(_closure, run, distributed.shard(batch, run.dist))
+        if not run.task.shards_batches:
+            batch = distributed.shard(batch, run.dist)
+        closure = functools.partial(_closure, run, batch)
         loss = run.optimizer.step(closure)
         steps.record(step, loss.detach(), run.optimizer.param_groups[0], _grad_norm(run.net))
         if run.schedule_interval == "step":

@@ -7,6 +7,7 @@ the constructor (`name`, and a schedule's `interval`) are dropped before instant
 from __future__ import annotations
 
 import functools
+import logging
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -15,6 +16,8 @@ import hydra
 import torch
 from omegaconf import DictConfig, OmegaConf
 from torch.optim.lr_scheduler import LambdaLR, LRScheduler
+
+log = logging.getLogger(__name__)
 
 _NOT_CONSTRUCTOR_ARGS = ("name", "interval")
 
@@ -34,10 +37,17 @@ def build_optimizer(
     return _instantiate_partial(node)(params)
 
 
-def build_schedule(node: DictConfig, optimizer: torch.optim.Optimizer) -> LRScheduler:
-    """The lr schedule of `node`; the loop steps it per epoch or per step as `node.interval` says."""
+def build_schedule(
+    node: DictConfig, optimizer: torch.optim.Optimizer, *, epochs: int, steps_per_epoch: int
+) -> LRScheduler:
+    """The lr schedule of `node`; the loop steps it per epoch or per step as `node.interval` says.
+    A `total: null` is the run's length in the schedule's intervals (epochs, or optimizer steps)."""
     if node.interval not in ("epoch", "step"):
         raise ValueError(f"Invalid schedule interval: {node.interval!r} (epoch or step)")
+    if node.get("total", "absent") is None:
+        node = OmegaConf.merge(
+            node, {"total": epochs if node.interval == "epoch" else epochs * steps_per_epoch}
+        )
     return _instantiate_partial(node)(optimizer)
 
 
@@ -62,9 +72,15 @@ def warmup_cosine(
 ) -> LRScheduler:
     """Linear warmup from `start_factor * lr` over `warmup` intervals, then cosine decay to
     `final_factor * lr` at interval `total` (relative to each group's lr, unlike CosineAnnealingLR's
-    absolute eta_min)."""
-    if not 0 <= warmup < total:
-        raise ValueError(f"Invalid warmup: {warmup} (need 0 <= warmup < total = {total})")
+    absolute eta_min). A run shorter than its warmup (a smoke run) warms up over all but its last
+    interval."""
+    if warmup < 0 or total < 1:
+        raise ValueError(
+            f"Invalid warmup or total: {warmup}, {total} (need warmup >= 0, total >= 1)"
+        )
+    if warmup >= total:
+        log.warning("warmup %d >= total %d intervals: warming up over %d", warmup, total, total - 1)
+        warmup = total - 1
     factor = functools.partial(
         _cosine_factor,
         warmup=warmup,

@@ -18,6 +18,7 @@ import math
 import os
 import shutil
 import subprocess
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -106,12 +107,21 @@ def read_record(paths: RunPaths) -> dict | None:
 
 
 def write_record(
-    paths: RunPaths, *, config: DictConfig, metrics: list[dict], trace: list[dict], info: dict
+    paths: RunPaths,
+    *,
+    config: DictConfig,
+    metrics: list[dict],
+    trace: list[dict],
+    info: dict,
+    artefacts: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Assembles the record in a staging directory and renames it into place (replacing a failed one)."""
+    """Assembles the record in a staging directory and renames it into place (replacing a failed one).
+    `artefacts(staging_dir)` may add files of its own (a task's sample grid) before the rename."""
     staging = paths.experiment_dir / ".tmp" / f"{paths.run_id}-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
+    if artefacts is not None:
+        artefacts(staging)
     (staging / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
     with open(staging / "metrics.jsonl", "w") as f:
         f.writelines(_json_line(row) for row in metrics)

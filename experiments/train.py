@@ -55,7 +55,7 @@ def train(cfg: DictConfig) -> dict:
             info = run_info(cfg, paths, run, state, status, error)
             logger.log_summary(info)
         if ctx.is_main:
-            finish_record(cfg, paths, state, info)
+            finish_record(cfg, paths, run, state, info)
         return info
     finally:
         distributed.teardown(ctx)
@@ -98,7 +98,9 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
     task.setup(device)
     net = task.build_model()  # the task's fixed model_seed: the same init for every run
     optimizer = optim.build_optimizer(cfg.optimizer, net.parameters())
-    scheduler = optim.build_schedule(cfg.schedule, optimizer)
+    scheduler = optim.build_schedule(
+        cfg.schedule, optimizer, epochs=cfg.epochs, steps_per_epoch=task.batches_per_epoch()
+    )
     torch.manual_seed(cfg.seed)  # dropout and anything else that draws from the global RNG
     total_steps = cfg.epochs * task.batches_per_epoch()
     return loop.Run(
@@ -200,11 +202,15 @@ def run_info(
 
 
 def finish_record(
-    cfg: DictConfig, paths: records.RunPaths, state: loop.TrainState, info: dict
+    cfg: DictConfig, paths: records.RunPaths, run: loop.Run, state: loop.TrainState, info: dict
 ) -> None:
-    """Writes the record; a failed run keeps its checkpoint so that the rerun resumes from it."""
+    """Writes the record, with the task's end-of-run artefacts when it completed; a failed run keeps
+    its checkpoint so that the rerun resumes from it."""
+    artefacts = None
+    if info["status"] == "completed":
+        artefacts = functools.partial(run.task.on_train_end, run.net)  # the bare model, not DDP's
     where = records.write_record(
-        paths, config=cfg, metrics=state.metrics, trace=state.trace, info=info
+        paths, config=cfg, metrics=state.metrics, trace=state.trace, info=info, artefacts=artefacts
     )
     if info["status"] != "failed":
         records.remove_checkpoint(paths)

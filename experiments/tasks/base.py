@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -39,6 +40,9 @@ class Task(abc.ABC):
 
     score_name: str = "acc"
     higher_is_better: bool = True
+    # True when train_batches already yields this rank's share of each batch under torchrun (a task
+    # that decodes images in DataLoader workers reads only its own); the loop then does not split it.
+    shards_batches: bool = False
 
     @abc.abstractmethod
     def setup(self, device: torch.device) -> None:
@@ -68,3 +72,7 @@ class Task(abc.ABC):
     @abc.abstractmethod
     def batches_per_epoch(self) -> int:
         """How many batches `train_batches` yields."""
+
+    def on_train_end(self, model: torch.nn.Module, run_dir: Path) -> None:  # noqa: B027
+        """Artefacts of a completed run (a grid of samples, say), written into `run_dir` before the
+        record is published. Most tasks have none."""

@@ -199,7 +199,7 @@ def test_every_schedule_config_builds() -> None:
     for name in SCHEDULES:
         cfg = compose_config("experiment=mnist_mlp", f"schedule={name}")
         opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
-        sched = optim.build_schedule(cfg.schedule, opt)
+        sched = optim.build_schedule(cfg.schedule, opt, epochs=cfg.epochs, steps_per_epoch=10)
         assert cfg.schedule.interval in ("epoch", "step")
         opt.step()
         sched.step()
@@ -344,3 +344,47 @@ def test_train_hands_a_config_with_a_runner_to_it(tmp_path: Path) -> None:
     cfg = toy_config(tmp_path, "optimizer=sgd_m", "+runner=_toy_task.toy_runner")
     info = train.train(cfg)
     assert info == {"status": "completed", "run_id": records.run_id(cfg), "runner": "toy"}
+
+
+def test_task_artefacts_are_written_into_a_completed_record_only(
+    tmp_path: Path, monkeypatch
+) -> None:
+    from _toy_task import ToyTask
+
+    def write_grid(self, model, run_dir):
+        assert not isinstance(model, torch.nn.parallel.DistributedDataParallel)
+        (run_dir / "samples.txt").write_text("a grid")
+
+    monkeypatch.setattr(ToyTask, "on_train_end", write_grid)
+    cfg = toy_config(tmp_path, "optimizer=momo")
+    assert train.train(cfg)["status"] == "completed"
+    assert (_record(cfg) / "samples.txt").read_text() == "a grid"
+
+    diverged = toy_config(tmp_path, "optimizer=sgd_m", "optimizer.lr=1e12")
+    assert train.train(diverged)["status"] == "diverged"
+    assert not (_record(diverged) / "samples.txt").exists()
+
+
+def test_schedule_total_null_is_the_length_of_the_run() -> None:
+    for interval, expected_total in (("epoch", 3), ("step", 3 * 7)):
+        cfg = compose_config(
+            "experiment=mnist_mlp", "schedule=cosine_warmup", f"schedule.interval={interval}",
+            "schedule.warmup=1", "schedule.final_factor=0.1", "epochs=3",
+        )  # fmt: skip
+        opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+        sched = optim.build_schedule(cfg.schedule, opt, epochs=3, steps_per_epoch=7)
+        lrs = []
+        for _ in range(expected_total):
+            opt.step()
+            sched.step()
+            lrs.append(opt.param_groups[0]["lr"])
+        assert lrs[-1] == pytest.approx(0.1)  # the final factor, reached exactly at the run's end
+        assert lrs[-2] > 0.1
+
+
+def test_warmup_longer_than_a_smoke_run_is_shortened() -> None:
+    opt = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=1.0)
+    sched = optim.warmup_cosine(opt, warmup=5, total=2, start_factor=0.5)
+    opt.step()
+    sched.step()
+    assert opt.param_groups[0]["lr"] == pytest.approx(1.0)  # warmed up over the first interval
