@@ -12,7 +12,7 @@ LAUNCHER ?= parallel
 FIG ?= $(EXPERIMENT)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-slow test-slurm test-all lint format bench reproduce-figure sweep status \
+.PHONY: help install test test-fast test-gpu test-slurm test-all lint format bench reproduce-figure sweep status \
         aggregate plot smoke install-fairseq install-torchrec data-fashion-mnist data-iwslt14 data-criteo clean
 
 help: ## list the targets
@@ -34,16 +34,19 @@ install-fairseq: ## (re)install fairseq-fixed into .venv (part of install)
 install-torchrec: ## (re)install torchrec for DLRM into .venv (part of install)
 	PYTHON=$(PY) bash scripts/install_torchrec.sh
 
-test: $(STAMP) ## the default suite (offline, CPU, < 15 min on 2 cores), with the local-SLURM sweep test
-	$(PY) -m pytest -m "(not slow or slurm) and not gpu"
+test: $(STAMP) ## every CPU test: the math, every smoke run, sweeps, local SLURM (offline, ~10 min on 2 cores)
+	$(PY) -m pytest -m "not gpu"
 
-test-slow: $(STAMP) ## the slow tests (minutes each)
-	$(PY) -m pytest -m "slow and not gpu"
+test-fast: $(STAMP) ## the quick subset for development (no slow, SLURM or GPU tests; ~2 min)
+	$(PY) -m pytest
+
+test-gpu: $(STAMP) ## the CUDA tests (needs a GPU)
+	$(PY) -m pytest -m gpu
 
 test-slurm: $(STAMP) ## the SLURM sweep tests on a local single-node cluster (root, Debian)
 	$(PY) -m pytest -m slurm tests/experiments/test_slurm.py
 
-test-all: $(STAMP) ## every test that this machine can run
+test-all: $(STAMP) ## every test, GPU ones included (they skip without CUDA)
 	$(PY) -m pytest -m ""
 
 lint: $(STAMP) ## ruff lint and format check

@@ -29,6 +29,32 @@ def select(condition: Tensor, a: float, b: float, dtype: torch.dtype) -> Tensor:
     return torch.where(condition, torch.full((), a, dtype=dtype, device=condition.device), b)
 
 
+# The integer type of each float type's width: the bits of a float viewed as an integer.
+_BITS = {
+    torch.float64: torch.int64,
+    torch.float32: torch.int32,
+    torch.bfloat16: torch.int16,
+    torch.float16: torch.int16,
+}
+
+
+def zero_unless_(ok: Tensor, tensors: list[Tensor]) -> None:
+    """Sets every tensor to 0 where ``ok`` is False, in place and without a host sync, NaN and inf
+    included. A float product by 0 would keep NaN, so the product is taken on the tensors' bits viewed
+    as integers: times 1 they are unchanged, times 0 every bit is cleared, which is 0.0. One pass,
+    without the temporary (and, on CPU, the page faults) of a torch.where per tensor."""
+    by_dtype: dict[torch.dtype, list[Tensor]] = {}
+    for t in tensors:
+        by_dtype.setdefault(t.dtype, []).append(t.view(_BITS[t.dtype]))
+    for ints in by_dtype.values():
+        torch._foreach_mul_(ints, ok.to(ints[0].dtype))
+
+
+def lerp_(tensors: list[Tensor], ends: list[Tensor], weight: Tensor) -> None:
+    """tensors += weight * (ends - tensors) for a 0-dim tensor ``weight``, in one pass."""
+    torch._foreach_lerp_(tensors, ends, [weight.to(tensors[0].dtype)] * len(tensors))
+
+
 def global_dot(a: list[Tensor], b: list[Tensor], dtype: torch.dtype) -> Tensor:
     """sum_i <a_i, b_i> over all tensors, accumulated in ``dtype``."""
     if not a:

@@ -21,8 +21,10 @@ from momo._kernels import (
     global_sq_norm,
     lb_after_step,
     lb_reset,
+    lerp_,
     select,
     step_size,
+    zero_unless_,
 )
 
 __all__ = ["Momo", "momo"]
@@ -59,8 +61,8 @@ class Momo(MomoBase):
 
     With ``beta=0`` MoMo is the truncated Polyak step (SPS_max, with proximal weight decay).
 
-    A non-finite loss or gradient skips the step: parameters and every average keep their values, and
-    ``group["step_size"]`` is 0 for that step. Under ``torch.distributed`` with several processes the loss
+    A non-finite loss or gradient skips the step: parameters and every average keep their values,
+    ``group["step_size"]`` is 0 for that step, and the gradients are set to zero. Under ``torch.distributed`` with several processes the loss
     is averaged over ``process_group`` before it enters ``fbar`` (``sync_loss=True``), so that every rank
     takes the same step.
 
@@ -299,9 +301,10 @@ def _multi_tensor_momo(
     loss_avg.copy_(torch.where(ok, torch.lerp(loss_avg, loss, weight), loss_avg))
     gamma.copy_(torch.where(ok, torch.lerp(gamma, grad_dot_x, weight), gamma))
     step.copy_(k)
-    # A non-finite gradient must not enter d: where it is, lerp d towards itself (a no-op).
-    safe_grads = [torch.where(ok, g, d) for g, d in zip(all_grads, all_avgs)]
-    torch._foreach_lerp_(all_avgs, safe_grads, 1.0 - beta)
+    # A skipped step must leave d as it is, and a non-finite gradient must not enter it even with
+    # weight 0 (0 * NaN is NaN): the gradients are zeroed (bitwise) and the weight is 0.
+    zero_unless_(ok, all_grads)
+    lerp_(all_avgs, all_grads, select(ok, 1.0 - beta, 0.0, dtype))
 
     d_dot_x = global_dot(all_avgs, all_params, dtype)
     d_sq_norm = global_sq_norm(all_avgs, dtype)

@@ -15,8 +15,10 @@ from momo._kernels import (
     global_dot,
     lb_after_step,
     lb_reset,
+    lerp_,
     select,
     step_size,
+    zero_unless_,
 )
 
 __all__ = ["MomoAdam", "momo_adam"]
@@ -51,7 +53,8 @@ class MomoAdam(MomoBase):
     D-weighted norm; the estimate is ``state["momo"]["lb_estimate.<group index>"]``, shown as
     ``group["lb_estimate"]``.
 
-    A non-finite loss or gradient skips the step (parameters and averages keep their values). Under
+    A non-finite loss or gradient skips the step (parameters and averages keep their values; the gradients
+    are set to zero). Under
     ``torch.distributed`` the loss is averaged over ``process_group`` (``sync_loss=True``).
 
     Args:
@@ -305,12 +308,11 @@ def _multi_tensor_momo_adam(
     loss_avg.copy_(torch.where(ok, torch.lerp(loss_avg, loss, 1 - beta1), loss_avg))
     gamma.copy_(torch.where(ok, torch.lerp(gamma, grad_dot_x, 1 - beta1), gamma))
     step.copy_(k)
-    # On a skipped step the averages keep their values: decay 1 and a zero (finite) gradient.
-    safe_grads = [torch.where(ok, g, 0.0) for g in all_grads]
-    torch._foreach_mul_(all_avgs, select(ok, beta1, 1.0, all_avgs[0].dtype))
-    torch._foreach_add_(all_avgs, safe_grads, alpha=1 - beta1)
+    # On a skipped step the averages keep their values: weight 0, decay 1 and a zero gradient.
+    zero_unless_(ok, all_grads)  # bitwise, so NaN and inf gradients become 0 too
+    lerp_(all_avgs, all_grads, select(ok, 1.0 - beta1, 0.0, dtype))
     torch._foreach_mul_(all_sqs, select(ok, beta2, 1.0, all_sqs[0].dtype))
-    torch._foreach_addcmul_(all_sqs, safe_grads, safe_grads, value=1 - beta2)
+    torch._foreach_addcmul_(all_sqs, all_grads, all_grads, value=1 - beta2)
 
     # D = sqrt(v / (1 - beta2^k)) + eps, then u = d / D, the preconditioned direction.
     precond = torch._foreach_sqrt(all_sqs)
