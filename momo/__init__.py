@@ -5,8 +5,10 @@ which estimates the loss's lower bound online. Both need the batch loss: ``optim
 ``loss.backward()``, or ``optimizer.step(closure)``.
 """
 
-from momo.momo import Momo, momo
-from momo.momo_adam import MomoAdam, momo_adam
+from momo.momo import Momo
+from momo.momo_adam import MomoAdam
 
-__all__ = ["Momo", "MomoAdam", "momo", "momo_adam"]
+# The functional steps stay in their modules (momo.momo.momo, momo.momo_adam.momo_adam), so that
+# `momo.momo` remains the module.
+__all__ = ["Momo", "MomoAdam"]
 __version__ = "0.1.0"

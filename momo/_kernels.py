@@ -38,6 +38,16 @@ _BITS = {
 }
 
 
+def finite_grads(ok: Tensor, grads: list[Tensor]) -> list[Tensor]:
+    """The gradients, zero everywhere when ``ok`` is False (NaN and inf included), so that a skipped
+    step adds nothing. Eager: a bitwise mask of the gradients themselves (one pass, no temporary).
+    Compiled: a torch.where, which inductor fuses into the update (a mutated graph input would not be)."""
+    if torch.compiler.is_compiling():
+        return [torch.where(ok, g, 0.0) for g in grads]
+    zero_unless_(ok, grads)
+    return grads
+
+
 def zero_unless_(ok: Tensor, tensors: list[Tensor]) -> None:
     """Sets every tensor to 0 where ``ok`` is False, in place and without a host sync, NaN and inf
     included. A float product by 0 would keep NaN, so the product is taken on the tensors' bits viewed
@@ -48,11 +58,6 @@ def zero_unless_(ok: Tensor, tensors: list[Tensor]) -> None:
         by_dtype.setdefault(t.dtype, []).append(t.view(_BITS[t.dtype]))
     for ints in by_dtype.values():
         torch._foreach_mul_(ints, ok.to(ints[0].dtype))
-
-
-def lerp_(tensors: list[Tensor], ends: list[Tensor], weight: Tensor) -> None:
-    """tensors += weight * (ends - tensors) for a 0-dim tensor ``weight``, in one pass."""
-    torch._foreach_lerp_(tensors, ends, [weight.to(tensors[0].dtype)] * len(tensors))
 
 
 def global_dot(a: list[Tensor], b: list[Tensor], dtype: torch.dtype) -> Tensor:

@@ -12,13 +12,12 @@ from momo._base import MomoBase, check_beta, check_finite, check_non_negative
 from momo._kernels import (
     add_scaled_,
     compile_kernel,
+    finite_grads,
     global_dot,
     lb_after_step,
     lb_reset,
-    lerp_,
     select,
     step_size,
-    zero_unless_,
 )
 
 __all__ = ["MomoAdam", "momo_adam"]
@@ -309,8 +308,9 @@ def _multi_tensor_momo_adam(
     gamma.copy_(torch.where(ok, torch.lerp(gamma, grad_dot_x, 1 - beta1), gamma))
     step.copy_(k)
     # On a skipped step the averages keep their values: weight 0, decay 1 and a zero gradient.
-    zero_unless_(ok, all_grads)  # bitwise, so NaN and inf gradients become 0 too
-    lerp_(all_avgs, all_grads, select(ok, 1.0 - beta1, 0.0, dtype))
+    all_grads = finite_grads(ok, all_grads)  # NaN and inf gradients become 0 too
+    torch._foreach_mul_(all_avgs, select(ok, beta1, 1.0, all_avgs[0].dtype))
+    torch._foreach_add_(all_avgs, all_grads, alpha=1.0 - beta1)
     torch._foreach_mul_(all_sqs, select(ok, beta2, 1.0, all_sqs[0].dtype))
     torch._foreach_addcmul_(all_sqs, all_grads, all_grads, value=1 - beta2)
 
