@@ -7,7 +7,7 @@ for one epoch of batches, for the loss of a batch and for an evaluation of a spl
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,14 @@ import torch
 
 # the fixed model-initialisation seed of the paper's runner (step-back `Base.seed`)
 PAPER_MODEL_SEED = 1234567
+
+
+def seeded_model(factory: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
+    """`factory()` with the global RNG seeded by `seed`, restored afterwards: every run starts from the
+    same model, and the model seed does not leak into the run's own randomness (dropout, data order)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return factory()
 
 
 class DatasetNotFoundError(FileNotFoundError):

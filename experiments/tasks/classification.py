@@ -18,7 +18,7 @@ from experiments.data import (
     random_crop_flip,
     synthetic_image_dataset,
 )
-from experiments.tasks.base import PAPER_MODEL_SEED, Task
+from experiments.tasks.base import PAPER_MODEL_SEED, Task, seeded_model
 
 log = logging.getLogger(__name__)
 
@@ -126,11 +126,7 @@ class ImageClassification(Task):
         }
 
     def build_model(self) -> torch.nn.Module:
-        # the global RNG is restored afterwards: the model seed must not leak into the run's randomness
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.model_seed)
-            model = self.model()
-        return model.to(self._device)
+        return seeded_model(self.model, self.model_seed).to(self._device)
 
     def batches_per_epoch(self) -> int:
         n_train, _ = self._sizes()

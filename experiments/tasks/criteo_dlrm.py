@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from experiments import criteo
-from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task
+from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task, seeded_model
 
 try:
     from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
@@ -169,18 +169,18 @@ class CriteoDLRM(Task):
             )
             for feature, size in zip(criteo.SPARSE_COLUMNS, self._table_sizes, strict=True)
         ]
-        # built on the CPU so that the initial model is the same on every device; the global RNG is
-        # restored afterwards: the model seed must not leak into the run's randomness
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.model_seed)
-            model = DLRM(
+        # built on the CPU so that the initial model is the same on every device
+        model = seeded_model(
+            lambda: DLRM(
                 embedding_bag_collection=EmbeddingBagCollection(
                     tables=tables, device=torch.device("cpu")
                 ),
                 dense_in_features=criteo.N_DENSE,
                 dense_arch_layer_sizes=self.dense_arch_layer_sizes,
                 over_arch_layer_sizes=self.over_arch_layer_sizes,
-            )
+            ),
+            self.model_seed,
+        )
         return model.to(self._device)
 
     def batches_per_epoch(self) -> int:

@@ -27,7 +27,7 @@ from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
 from experiments.data import DATASETS, load_image_dataset
-from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task
+from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task, seeded_model
 
 log = logging.getLogger(__name__)
 
@@ -195,10 +195,8 @@ class DDPMDenoising(Task):
 
     def build_model(self) -> torch.nn.Module:
         # the global RNG is restored afterwards: the model seed must not leak into the run's randomness
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.model_seed)
-            model = UNet2DModel(**{**self.unet, "sample_size": self.image_size})
-        return model.to(self._device)
+        config = {**self.unet, "sample_size": self.image_size}
+        return seeded_model(lambda: UNet2DModel(**config), self.model_seed).to(self._device)
 
     def batches_per_epoch(self) -> int:
         full = self._loaded().shape[0] // self.batch_size

@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task
+from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task, seeded_model
 
 log = logging.getLogger(__name__)
 
@@ -232,15 +232,12 @@ class TimmImageNet(Task):
         }
 
     def build_model(self) -> torch.nn.Module:
-        # the global RNG is restored afterwards: the model seed must not leak into the run's randomness
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.model_seed)
-            model = timm.create_model(
-                self.model_name,
-                pretrained=False,
-                num_classes=self.num_classes,
-                **self.model_kwargs,
-            )
+        model = seeded_model(
+            lambda: timm.create_model(
+                self.model_name, pretrained=False, num_classes=self.num_classes, **self.model_kwargs
+            ),
+            self.model_seed,
+        )
         return model.to(self._device)
 
     def batches_per_epoch(self) -> int:

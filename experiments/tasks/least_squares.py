@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.tasks.base import PAPER_MODEL_SEED, Task
+from experiments.tasks.base import PAPER_MODEL_SEED, Task, seeded_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -109,10 +109,7 @@ class LeastSquares(Task):
         }
 
     def build_model(self) -> torch.nn.Module:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(self.model_seed)
-            model = self.model()
-        return model.to(self._device)
+        return seeded_model(self.model, self.model_seed).to(self._device)
 
     def batches_per_epoch(self) -> int:
         full = (
