@@ -56,6 +56,8 @@ def train(cfg: DictConfig) -> dict:
             logger.log_summary(info)
         if ctx.is_main:
             finish_record(cfg, paths, run, state, info)
+        # the ranks leave together: gloo can abort in its I/O thread when a peer tears down first
+        distributed.barrier(ctx)
         return info
     finally:
         distributed.teardown(ctx)

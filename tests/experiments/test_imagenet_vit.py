@@ -168,6 +168,7 @@ def _data_parallel_worker(rank: int, init_file: str, out_dir: str) -> None:
         images, targets = next(iter(task.train_batches(torch.Generator().manual_seed(0))))
         result = task.evaluate(task.build_model(), "val")
         torch.save({"images": images, "targets": targets, **result}, f"{out_dir}/rank{rank}.pt")
+        dist.barrier()  # both ranks leave together (gloo can abort when a peer tears down first)
     finally:
         dist.destroy_process_group()
 

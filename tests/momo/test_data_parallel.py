@@ -52,6 +52,10 @@ def worker(rank: int, init_file: str, name: str, sync_loss: bool, out_dir: str) 
         torch.save(
             [p.detach() for p in model.parameters()], os.path.join(out_dir, f"rank{rank}.pt")
         )
+        # Both ranks leave together: a rank that tears gloo down while its peer still has the
+        # connection open can abort in gloo's I/O thread ("terminate called without an active
+        # exception", seen once in CI).
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
