@@ -61,9 +61,9 @@ class Momo(MomoBase):
     With ``beta=0`` MoMo is the truncated Polyak step (SPS_max, with proximal weight decay).
 
     A non-finite loss or gradient skips the step: parameters and every average keep their values,
-    ``group["step_size"]`` is 0 for that step, and the gradients are set to zero. Under ``torch.distributed`` with several processes the loss
-    is averaged over ``process_group`` before it enters ``fbar`` (``sync_loss=True``), so that every rank
-    takes the same step.
+    ``group["step_size"]`` is 0 for that step, and the eager path zeroes the gradients. Under
+    ``torch.distributed`` with several processes the loss is averaged over ``process_group`` before it
+    enters ``fbar`` (``sync_loss=True``), so that every rank takes the same step.
 
     Args:
         params: parameters or param groups.

@@ -52,9 +52,9 @@ class MomoAdam(MomoBase):
     D-weighted norm; the estimate is ``state["momo"]["lb_estimate.<group index>"]``, shown as
     ``group["lb_estimate"]``.
 
-    A non-finite loss or gradient skips the step (parameters and averages keep their values; the gradients
-    are set to zero). Under
-    ``torch.distributed`` the loss is averaged over ``process_group`` (``sync_loss=True``).
+    A non-finite loss or gradient skips the step (parameters and averages keep their values; the eager
+    path zeroes the gradients). Under ``torch.distributed`` the loss is averaged over ``process_group``
+    (``sync_loss=True``).
 
     Args:
         params: parameters or param groups.
