@@ -336,8 +336,11 @@ def plot_lb_estimate(table: pd.DataFrame, path: Path) -> list[Path]:
         ax_loss.set(
             yscale="log", xlabel="epoch", ylabel="train loss", title="train loss at the best lr"
         )
-        ax_lb.set(yscale="symlog", xlabel="epoch", title="MoMo*: lower-bound estimate vs loss")
-        ax_lb.set_yscale("symlog", linthresh=1e-6)
+        ax_lb.set(xlabel="epoch", title="MoMo*: lower-bound estimate vs loss")
+        # symlog: the estimate may be negative (a wrong initial bound) while the loss spans decades;
+        # linear only below a tenth of the smallest magnitude plotted
+        magnitudes = [abs(y) for line in ax_lb.get_lines() for y in line.get_ydata() if y]
+        ax_lb.set_yscale("symlog", linthresh=0.1 * min(magnitudes, default=1.0))
         ax_lb.axhline(0.0, color="black", lw=0.6)
         ax_loss.legend(frameon=False)
         ax_lb.legend(frameon=False)
