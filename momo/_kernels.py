@@ -18,8 +18,8 @@ F = TypeVar("F", bound=Callable)
 
 @functools.cache
 def compile_kernel(kernel: F) -> F:
-    """The kernel as one fused function. Inductor reads each tensor once per pass and fuses the global
-    reductions with the elementwise updates, which eager multi-tensor kernels cannot do."""
+    """The kernel as one compiled function: inductor fuses elementwise work across the foreach ops that
+    eager PyTorch runs as separate passes (how much depends on the backend: see the README's table)."""
     return torch.compile(kernel, fullgraph=True)  # type: ignore[return-value]
 
 
@@ -46,6 +46,20 @@ def finite_grads(ok: Tensor, grads: list[Tensor]) -> list[Tensor]:
         return [torch.where(ok, g, 0.0) for g in grads]
     zero_unless_(ok, grads)
     return grads
+
+
+def ema_(averages: list[Tensor], grads: list[Tensor], ok: Tensor, beta: float) -> None:
+    """averages = beta * averages + (1 - beta) * grads where ``ok``; left as they are (NaN and inf
+    gradients included: 0 * NaN would be NaN) where not."""
+    if torch.compiler.is_compiling():
+        # inductor fuses this select into the lerp's loop
+        safe_grads = [torch.where(ok, g, a) for g, a in zip(grads, averages)]
+        torch._foreach_lerp_(averages, safe_grads, 1.0 - beta)
+    else:
+        # eager: a temporary per tensor would cost a pass and an allocation; mask in place instead
+        zero_unless_(ok, grads)
+        weight = select(ok, 1.0 - beta, 0.0, averages[0].dtype)
+        torch._foreach_lerp_(averages, grads, [weight] * len(averages))
 
 
 def zero_unless_(ok: Tensor, tensors: list[Tensor]) -> None:

@@ -17,13 +17,13 @@ from momo._base import (
 from momo._kernels import (
     add_scaled_,
     compile_kernel,
+    ema_,
     global_dot,
     global_sq_norm,
     lb_after_step,
     lb_reset,
     select,
     step_size,
-    zero_unless_,
 )
 
 __all__ = ["Momo", "momo"]
@@ -300,17 +300,7 @@ def _multi_tensor_momo(
     loss_avg.copy_(torch.where(ok, torch.lerp(loss_avg, loss, weight), loss_avg))
     gamma.copy_(torch.where(ok, torch.lerp(gamma, grad_dot_x, weight), gamma))
     step.copy_(k)
-    # A skipped step leaves d as it is, NaN and inf gradients included (0 * NaN would be NaN).
-    if torch.compiler.is_compiling():
-        # inductor fuses this select into the lerp's loop
-        safe_grads = [torch.where(ok, g, d) for g, d in zip(all_grads, all_avgs)]
-        torch._foreach_lerp_(all_avgs, safe_grads, 1.0 - beta)
-    else:
-        # eager: a temporary per tensor would cost a pass and an allocation; mask in place instead
-        zero_unless_(ok, all_grads)
-        weight = select(ok, 1.0 - beta, 0.0, all_avgs[0].dtype)
-        torch._foreach_lerp_(all_avgs, all_grads, [weight] * len(all_avgs))
-
+    ema_(all_avgs, all_grads, ok, beta)  # a skipped step leaves d as it is
     d_dot_x = global_dot(all_avgs, all_params, dtype)
     d_sq_norm = global_sq_norm(all_avgs, dtype)
     rho = 1 - torch.pow(beta, k) if bias_correction else torch.ones_like(k)

@@ -17,6 +17,11 @@ import torch
 PAPER_MODEL_SEED = 1234567
 
 
+def capped(full: int, limit: int | None) -> int:
+    """`full` batches, or at most `limit` of them (the smoke profile's max_train_batches)."""
+    return full if limit is None else min(full, limit)
+
+
 def seeded_model(factory: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
     """`factory()` with the global RNG seeded by `seed`, restored afterwards: every run starts from the
     same model, and the model seed does not leak into the run's own randomness (dropout, data order)."""

@@ -18,7 +18,7 @@ from experiments.data import (
     random_crop_flip,
     synthetic_image_dataset,
 )
-from experiments.tasks.base import PAPER_MODEL_SEED, Task, seeded_model
+from experiments.tasks.base import PAPER_MODEL_SEED, Task, capped, seeded_model
 
 log = logging.getLogger(__name__)
 
@@ -133,7 +133,7 @@ class ImageClassification(Task):
         full = (
             n_train // self.batch_size if self.drop_last else math.ceil(n_train / self.batch_size)
         )
-        return full if self.max_train_batches is None else min(full, self.max_train_batches)
+        return capped(full, self.max_train_batches)
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         data = self._loaded()

@@ -20,7 +20,13 @@ import torch
 import torch.nn.functional as F
 
 from experiments import criteo
-from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task, seeded_model
+from experiments.tasks.base import (
+    PAPER_MODEL_SEED,
+    DatasetNotFoundError,
+    Task,
+    capped,
+    seeded_model,
+)
 
 try:
     from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
@@ -185,7 +191,7 @@ class CriteoDLRM(Task):
 
     def batches_per_epoch(self) -> int:
         full = len(self._loaded("train")) // self.batch_size
-        return full if self.max_train_batches is None else min(full, self.max_train_batches)
+        return capped(full, self.max_train_batches)
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         data = self._loaded("train")

@@ -27,7 +27,13 @@ from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
 from experiments.data import DATASETS, load_image_dataset
-from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task, seeded_model
+from experiments.tasks.base import (
+    PAPER_MODEL_SEED,
+    DatasetNotFoundError,
+    Task,
+    capped,
+    seeded_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +206,7 @@ class DDPMDenoising(Task):
 
     def batches_per_epoch(self) -> int:
         full = self._loaded().shape[0] // self.batch_size
-        return full if self.max_train_batches is None else min(full, self.max_train_batches)
+        return capped(full, self.max_train_batches)
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         images = self._loaded()

@@ -31,7 +31,13 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
-from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task, seeded_model
+from experiments.tasks.base import (
+    PAPER_MODEL_SEED,
+    DatasetNotFoundError,
+    Task,
+    capped,
+    seeded_model,
+)
 
 log = logging.getLogger(__name__)
 
@@ -242,7 +248,7 @@ class TimmImageNet(Task):
 
     def batches_per_epoch(self) -> int:
         full = len(self._loaded()) // self.batch_size
-        return full if self.max_train_batches is None else min(full, self.max_train_batches)
+        return capped(full, self.max_train_batches)
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         train_set = self._loaded()

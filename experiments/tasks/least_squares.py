@@ -10,7 +10,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.tasks.base import PAPER_MODEL_SEED, Task, seeded_model
+from experiments.tasks.base import PAPER_MODEL_SEED, Task, capped, seeded_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -117,7 +117,7 @@ class LeastSquares(Task):
             if self.drop_last
             else math.ceil(self.n_samples / self.batch_size)
         )
-        return full if self.max_train_batches is None else min(full, self.max_train_batches)
+        return capped(full, self.max_train_batches)
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         a, b = self._loaded()["train"]
