@@ -44,7 +44,7 @@ test-gpu: $(STAMP) ## the CUDA tests (needs a GPU)
 	$(PY) -m pytest -m gpu
 
 test-slurm: $(STAMP) ## the SLURM sweep tests on a local single-node cluster (root, Debian)
-	$(PY) -m pytest -m slurm tests/experiments/test_slurm.py
+	$(PY) -m pytest -m slurm tests/experiments/runner/test_slurm.py
 
 test-all: $(STAMP) ## every test, GPU ones included (they skip without CUDA)
 	$(PY) -m pytest -m ""
@@ -63,16 +63,16 @@ bench: $(STAMP) ## optimizer-step benchmark against torch.optim and momo-opt 0.1
 	$(PY) scripts/bench.py
 
 sweep: $(STAMP) ## run the lr sweep of EXPERIMENT (LAUNCHER=local|parallel|slurm, ARGS="overrides")
-	$(PY) -m experiments.sweep $(EXPERIMENT) --launcher $(LAUNCHER) $(ARGS)
+	$(PY) -m experiments.runner.sweep $(EXPERIMENT) --launcher $(LAUNCHER) $(ARGS)
 
 status: $(STAMP) ## how many runs of the sweep of EXPERIMENT are done, diverged, failed, missing
-	$(PY) -m experiments.sweep $(EXPERIMENT) --status $(ARGS)
+	$(PY) -m experiments.runner.sweep $(EXPERIMENT) --status $(ARGS)
 
 aggregate: $(STAMP) ## the tidy table and robustness numbers of EXPERIMENT (results/)
-	$(PY) -m experiments.aggregate $(EXPERIMENT)
+	$(PY) -m experiments.analysis.aggregate $(EXPERIMENT)
 
 plot: $(STAMP) ## the figures of EXPERIMENT (plots/), from the aggregated table
-	$(PY) -m experiments.plot $(EXPERIMENT)
+	$(PY) -m experiments.analysis.plot $(EXPERIMENT)
 
 reproduce-figure: $(STAMP) ## sweep + aggregate + plot of FIG (default: Fashion-MNIST MLP on this CPU)
 	PY=$(PY) FIG=$(FIG) LAUNCHER=$(LAUNCHER) ARGS="$(ARGS)" bash scripts/reproduce_figure.sh

@@ -42,8 +42,8 @@ obtain_fashion_mnist() {
 
 start=$(date +%s)
 say "sweep $FIG on launcher $LAUNCHER ($(nproc) cores)"
-"$PY" -m experiments.sweep "$FIG" --launcher "$LAUNCHER" "${EXTRA[@]}"
-"$PY" -m experiments.sweep "$FIG" --status "${EXTRA[@]}"
-"$PY" -m experiments.aggregate "$FIG" --results-dir "$RESULTS"
-"$PY" -m experiments.plot "$FIG" fig1 --results-dir "$RESULTS" --plots-dir "${PLOTS:-plots}"
+"$PY" -m experiments.runner.sweep "$FIG" --launcher "$LAUNCHER" "${EXTRA[@]}"
+"$PY" -m experiments.runner.sweep "$FIG" --status "${EXTRA[@]}"
+"$PY" -m experiments.analysis.aggregate "$FIG" --results-dir "$RESULTS"
+"$PY" -m experiments.analysis.plot "$FIG" fig1 --results-dir "$RESULTS" --plots-dir "${PLOTS:-plots}"
 say "done in $(( $(date +%s) - start )) s: $RESULTS/$FIG.csv, ${PLOTS:-plots}/$FIG/"

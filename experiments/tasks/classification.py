@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from experiments.data import (
+from experiments.data.images import (
     DATASETS,
     ImageData,
     load_image_dataset,

@@ -3,7 +3,7 @@
 Loss: mean binary cross-entropy of the logits; score: AUC (torchmetrics); `evaluate` also reports
 the accuracy at threshold 0.5 as the extra key "acc" (recorded as `val/acc`). The data is the output
 of `scripts/prepare_criteo.py`, read from memory-mapped arrays by batched indexing
-(`experiments.criteo`).
+(`experiments.data.criteo`).
 
 torchrec is an optional dependency (its CPU and GPU builds differ, see scripts/install_torchrec.sh):
 this module imports without it, and `setup` says how to install it.
@@ -19,10 +19,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments import criteo
+from experiments.data import DatasetNotFoundError, criteo
 from experiments.tasks.base import (
     PAPER_MODEL_SEED,
-    DatasetNotFoundError,
     Task,
     capped,
     seeded_model,

@@ -26,10 +26,10 @@ from torchvision.datasets.folder import IMG_EXTENSIONS
 from torchvision.io import ImageReadMode
 from torchvision.transforms.v2 import functional as TF
 
-from experiments.data import DATASETS, load_image_dataset
+from experiments.data import DatasetNotFoundError
+from experiments.data.images import DATASETS, load_image_dataset
 from experiments.tasks.base import (
     PAPER_MODEL_SEED,
-    DatasetNotFoundError,
     Task,
     capped,
     seeded_model,

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset
 
+from experiments.data import DatasetNotFoundError
 from experiments.tasks.base import (
     PAPER_MODEL_SEED,
-    DatasetNotFoundError,
     Task,
     capped,
     seeded_model,

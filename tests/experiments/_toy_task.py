@@ -14,7 +14,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from experiments import records
+from experiments.runner import records
 from experiments.tasks.base import Task
 
 
@@ -115,5 +115,5 @@ def toy_config(results_dir: Path, *overrides: str, **task: object) -> DictConfig
 def toy_runner(cfg: DictConfig) -> None:
     """Stands for a workload with its own trainer (docs/design.md §5): it writes the run record."""
     info = {"status": "completed", "run_id": records.run_id(cfg), "runner": "toy"}
-    paths = records.RunPaths.for_config(cfg)
+    paths = records.run_paths(cfg)
     records.write_record(paths, config=cfg, metrics=[], trace=[], info=info)

@@ -1,8 +1,8 @@
 """A paper figure's sweep from `configs/sweep/<experiment>.yaml`: one Hydra multirun per optimizer block.
 
-    python -m experiments.sweep <experiment> [--launcher local|parallel|slurm] [override ...]
-    python -m experiments.sweep <experiment> --status [override ...]
-    python -m experiments.sweep <experiment> --dry-run            # print the Hydra commands
+    python -m experiments.runner.sweep <experiment> [--launcher local|parallel|slurm] [override ...]
+    python -m experiments.runner.sweep <experiment> --status [override ...]
+    python -m experiments.runner.sweep <experiment> --dry-run            # print the Hydra commands
 
 The learning-rate grids differ per optimizer, so a sweep is a union of cartesian products, which Hydra's
 basic sweeper cannot express in one multirun. The sweep file lists the blocks; each becomes
@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import json
 import logging
 import shlex
 import subprocess
@@ -32,11 +31,11 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from experiments import records
+from experiments.layout import CONFIG_DIR
+from experiments.runner import records
 
 log = logging.getLogger(__name__)
 
-CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 LAUNCHERS = {"local": None, "parallel": "parallel", "slurm": "slurm"}
 
 
@@ -72,9 +71,9 @@ def load_sweep(experiment: str, path: Path | None = None) -> list[Block]:
     A block's own values replace the shared `params` of the same key; a block given as a list of
     mappings becomes one multirun per mapping (for coupled values such as lr and weight decay).
     """
-    path = Path(path) if path is not None else CONFIGS / "sweep" / f"{experiment}.yaml"
+    path = Path(path) if path is not None else CONFIG_DIR / "sweep" / f"{experiment}.yaml"
     if not path.is_file():
-        known = sorted(p.stem for p in (CONFIGS / "sweep").glob("*.yaml"))
+        known = sorted(p.stem for p in (CONFIG_DIR / "sweep").glob("*.yaml"))
         raise FileNotFoundError(f"No sweep {path}; known sweeps: {', '.join(known)}")
     spec = OmegaConf.to_container(OmegaConf.load(path), resolve=True)
     if spec.get("experiment") != experiment:
@@ -123,17 +122,14 @@ def sweep_status(
     """Each expected run's record status (completed, diverged, failed, missing) -> its run ids.
 
     The config of every expected run is composed as `experiments.train` would, and its run id is the
-    runner's own (experiments.records.run_id), so the check cannot drift from what the runner writes.
+    runner's own (experiments.runner.records.run_id), so the check cannot drift from what the runner writes.
     """
     found: dict[str, list[str]] = collections.defaultdict(list)
-    with initialize_config_dir(config_dir=str(CONFIGS), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for overrides in expected_runs(experiment, blocks, extra):
-            paths = records.RunPaths.for_config(compose("train", overrides=overrides))
-            try:
-                status = json.loads((paths.record / "run.json").read_text())["status"]
-            except FileNotFoundError:
-                status = "missing"
-            found[status].append(paths.run_id)
+            paths = records.run_paths(compose("train", overrides=overrides))
+            info = records.read_info(paths)
+            found["missing" if info is None else info["status"]].append(paths.run_id)
     return dict(found)
 
 

@@ -13,9 +13,9 @@ from _toy_task import compose_config
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from experiments import train
-from experiments.sweep import load_sweep
-from experiments.tasks.base import DatasetNotFoundError
+from experiments.data import DatasetNotFoundError
+from experiments.runner import train
+from experiments.runner.sweep import load_sweep
 from experiments.tasks.imagenet_vit import TimmImageNet, write_synthetic_image_folder
 from momo import MomoAdam
 
@@ -141,7 +141,7 @@ def test_imagenet_vit_sweep_couples_weight_decay_to_lr() -> None:
 
 
 def test_imagenet_vit_task_config_builds_the_timm_task(tmp_path: Path) -> None:
-    cfg = OmegaConf.load(Path(__file__).resolve().parents[2] / "configs/task/imagenet_vit.yaml")
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[3] / "configs/task/imagenet_vit.yaml")
     task = instantiate(cfg, data_dir=str(tmp_path), synthetic=False)
     assert isinstance(task, TimmImageNet)
     assert (task.model_name, task.batch_size, task.crop_pct) == ("vit_tiny_patch16_224", 512, 0.9)

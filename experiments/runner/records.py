@@ -1,10 +1,7 @@
-"""Run records: one directory per run, written once (docs/design.md §4).
+"""Run records: one directory per run, written once (docs/design.md §4), where experiments.layout says.
 
-    <results_dir>/runs/<experiment>/<run_id>/        config.yaml, metrics.jsonl, trace.csv, run.json
-    <results_dir>/runs/<experiment>/.tmp/<run_id>-<pid>/   assembled here, then renamed into place
-    <results_dir>/runs/<experiment>/.partial/<run_id>/     per-epoch checkpoint of an unfinished run
-
-Non-finite numbers are written as JSON `null` (strict JSON that every reader accepts); the run's status
+A record is assembled in a staging directory and renamed into place; an unfinished run keeps a per-epoch
+checkpoint beside the records. Non-finite numbers are written as JSON `null` (strict JSON that every reader accepts); the run's status
 says whether it diverged.
 """
 
@@ -19,13 +16,15 @@ import os
 import shutil
 import subprocess
 from collections.abc import Callable
-from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import DictConfig, OmegaConf
+
+from experiments import layout
+from experiments.layout import RunPaths
 
 # Keys of the resolved config that do not change the result, so they do not change the run id.
 # Dotted paths reach into groups: where the data came from (download or not) does not change the run.
@@ -68,34 +67,15 @@ def run_id(cfg: DictConfig) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:12]
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    """Where the record, its staging directory and its checkpoint of one run live."""
-
-    experiment_dir: Path
-    run_id: str
-
-    @classmethod
-    def for_config(cls, cfg: DictConfig) -> RunPaths:
-        return cls(Path(cfg.results_dir) / "runs" / cfg.experiment, run_id(cfg))
-
-    @property
-    def record(self) -> Path:
-        return self.experiment_dir / self.run_id
-
-    @property
-    def partial(self) -> Path:
-        return self.experiment_dir / ".partial" / self.run_id
-
-    @property
-    def checkpoint(self) -> Path:
-        return self.partial / "checkpoint.pt"
+def run_paths(cfg: DictConfig) -> RunPaths:
+    """The paths of the run that `cfg` describes."""
+    return RunPaths(Path(cfg.results_dir), cfg.experiment, run_id(cfg))
 
 
 def read_info(paths: RunPaths) -> dict | None:
     """The run.json of the record, whatever its status; None without a record."""
     try:
-        return json.loads((paths.record / "run.json").read_text())
+        return json.loads(paths.info.read_text())
     except (FileNotFoundError, json.JSONDecodeError):
         return None
 
@@ -117,19 +97,19 @@ def write_record(
 ) -> Path:
     """Assembles the record in a staging directory and renames it into place (replacing a failed one).
     `artefacts(staging_dir)` may add files of its own (a task's sample grid) before the rename."""
-    staging = paths.experiment_dir / ".tmp" / f"{paths.run_id}-{os.getpid()}"
+    staging = paths.staging(os.getpid())
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     if artefacts is not None:
         artefacts(staging)
-    (staging / "config.yaml").write_text(OmegaConf.to_yaml(config, resolve=True))
-    with open(staging / "metrics.jsonl", "w") as f:
+    (staging / layout.CONFIG).write_text(OmegaConf.to_yaml(config, resolve=True))
+    with open(staging / layout.METRICS, "w") as f:
         f.writelines(_json_line(row) for row in metrics)
-    with open(staging / "trace.csv", "w", newline="") as f:
+    with open(staging / layout.TRACE, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=TRACE_COLUMNS, restval="")
         writer.writeheader()
         writer.writerows({k: ("" if v is None else v) for k, v in row.items()} for row in trace)
-    (staging / "run.json").write_text(
+    (staging / layout.RUN_INFO).write_text(
         json.dumps(_finite_or_none(info), indent=2, allow_nan=False, default=str) + "\n"
     )
     shutil.rmtree(paths.record, ignore_errors=True)  # only a failed record can be here

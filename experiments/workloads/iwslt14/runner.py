@@ -41,12 +41,12 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from experiments import records
-from experiments.tasks.base import DatasetNotFoundError
+from experiments.data import DatasetNotFoundError
+from experiments.layout import REPO_ROOT
+from experiments.runner import records
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 PLUGIN_DIR = Path(__file__).resolve().parent / "fairseq_plugin"
 IWSLT14_URL = (
     "https://wit3.fbk.eu/archive/2014-01/texts/de/en/de-en.tgz"  # prepare-iwslt14.sh's source
@@ -500,11 +500,11 @@ def trace_rows(
 def run(cfg: DictConfig) -> Path:
     """Train, evaluate and record one IWSLT14 run; returns the record directory. A finished record of the
     same config returns at once; an interrupted one resumes from fairseq's checkpoint_last.pt."""
-    paths = records.RunPaths.for_config(cfg)
+    paths = records.run_paths(cfg)
     if records.read_record(paths) is not None:
         logger.info("already done: %s", paths.record)
         return paths.record
-    work_dir = Path(cfg.results_dir) / "fairseq" / cfg.experiment / paths.run_id
+    work_dir = paths.work
     start = time.time()
     info: dict[str, Any] = {"status": "failed", "error": None}
     metrics: list[dict] = []

@@ -11,9 +11,10 @@ import torch
 from _toy_task import compose_config
 from PIL import Image
 
-from experiments import data, train
-from experiments.sweep import load_sweep
-from experiments.tasks.base import DatasetNotFoundError
+from experiments.data import DatasetNotFoundError
+from experiments.data import images as data
+from experiments.runner import train
+from experiments.runner.sweep import load_sweep
 from experiments.tasks.diffusion import DDPMDenoising
 from momo import MomoAdam
 

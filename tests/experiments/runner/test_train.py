@@ -15,10 +15,10 @@ import torch
 from _toy_task import CONFIG_DIR, compose_config, toy_config
 from hydra.errors import ConfigCompositionException, MissingConfigException
 
-from experiments import loggers, loop, optim, records, train
-from experiments.train import main as train_main
+from experiments.runner import loggers, loop, optim, records, train
+from experiments.runner.train import main as train_main
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 # The paper's experiments that this runner trains (criteo_dlrm and iwslt14 have their own tests).
 EXPERIMENTS = [
     "mnist_mlp", "fashion_mnist_mlp", "cifar10_resnet20", "cifar10_vgg16", "cifar10_vit",
@@ -46,7 +46,7 @@ def _metrics(record: Path) -> list[dict]:
 
 
 def _record(cfg) -> Path:
-    return records.RunPaths.for_config(cfg).record
+    return records.run_paths(cfg).record
 
 
 def test_train_writes_a_complete_record(tmp_path: Path) -> None:
@@ -100,7 +100,7 @@ def test_train_resumes_a_killed_run_bit_exactly(
     monkeypatch.setattr(records, "save_checkpoint", save_then_die)
     with pytest.raises(Preempted):
         train.train(cfg)
-    assert not _record(cfg).exists() and records.RunPaths.for_config(cfg).checkpoint.exists()
+    assert not _record(cfg).exists() and records.run_paths(cfg).checkpoint.exists()
 
     monkeypatch.setattr(records, "save_checkpoint", save)
     resumed = train.train(cfg)
@@ -125,7 +125,7 @@ def test_train_records_a_failure_keeps_the_checkpoint_and_a_rerun_replaces_it(
     assert failed["status"] == "failed" and failed["epochs_done"] == 1
     assert "RuntimeError: injected failure" in failed["error"]
     assert json.loads((_record(cfg) / "run.json").read_text())["status"] == "failed"
-    assert records.RunPaths.for_config(cfg).checkpoint.exists()
+    assert records.run_paths(cfg).checkpoint.exists()
 
     rerun = train.train(cfg)
     assert rerun["status"] == "completed" and rerun["error"] is None

@@ -1,7 +1,7 @@
 """The paper's figures from the aggregated tables (never from run directories).
 
-    python -m experiments.plot <experiment> [<experiment> ...] [--results-dir results] [--plots-dir plots]
-    python -m experiments.plot fig1        # the analytic illustration, no training
+    python -m experiments.analysis.plot <experiment> [<experiment> ...] [--results-dir results] [--plots-dir plots]
+    python -m experiments.analysis.plot fig1        # the analytic illustration, no training
 
 For an experiment, reads `<results>/<experiment>.parquet` (and `_trace.parquet`, and the paper's record
 `<results>/paper/<experiment>.csv` when there is one) and writes PNG + PDF under `<plots>/<experiment>/`:
@@ -27,8 +27,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from experiments.aggregate import final_rows, summarise
-from experiments.robustness import (
+from experiments import layout
+from experiments.analysis.aggregate import final_rows, summarise
+from experiments.analysis.robustness import (
     DEFAULT_TOLERANCES,
     paper_final,
     robustness_from_paper,
@@ -350,10 +351,8 @@ def plot_lb_estimate(table: pd.DataFrame, path: Path) -> list[Path]:
 def best_score_table(results_dir: Path) -> pd.DataFrame:
     """Best final val score (mean ± std over seeds, at the best lr) per method and experiment."""
     rows = []
-    for parquet in sorted(Path(results_dir).glob("*.parquet")):
-        if parquet.stem.endswith("_trace"):
-            continue
-        table = pd.read_parquet(parquet)
+    for experiment in layout.aggregated_experiments(results_dir):
+        table = pd.read_parquet(layout.AggregatePaths(Path(results_dir), experiment).parquet)
         _, points = _score_axis(table)
         higher = (
             bool(table["higher_is_better"].dropna().iloc[0])
@@ -367,7 +366,7 @@ def best_score_table(results_dir: Path) -> pd.DataFrame:
             mean, std = r["val/score_mean"] * points, np.nan_to_num(r["val/score_std"]) * points
             rows.append(
                 {
-                    "experiment": parquet.stem,
+                    "experiment": experiment,
                     "method": label(r["method"]),
                     "cell": f"{mean:.2f} ± {std:.2f}",
                 }
@@ -457,15 +456,16 @@ def plot_experiment(
     experiment: str, results_dir: Path = Path("results"), plots_dir: Path = Path("plots")
 ) -> list[Path]:
     """Every figure of one experiment from its aggregated tables."""
-    results_dir, out_dir = Path(results_dir), Path(plots_dir) / experiment
-    table = pd.read_parquet(results_dir / f"{experiment}.parquet")
-    paper_file = results_dir / "paper" / f"{experiment}.csv"
-    paper = pd.read_csv(paper_file) if paper_file.is_file() else None
+    files, out_dir = (
+        layout.AggregatePaths(Path(results_dir), experiment),
+        Path(plots_dir) / experiment,
+    )
+    table = pd.read_parquet(files.parquet)
+    paper = pd.read_csv(files.paper) if files.paper.is_file() else None
     written = plot_robustness(table, out_dir / "robustness", paper)
     written += plot_training_curves(table, out_dir / "training_curves")
-    trace_file = results_dir / f"{experiment}_trace.parquet"
-    if trace_file.is_file():
-        trace = pd.read_parquet(trace_file)
+    if files.trace.is_file():
+        trace = pd.read_parquet(files.trace)
         for optimizer in sorted(trace.loc[trace["adaptive_step"].notna(), "optimizer"].unique()):
             written += plot_step_sizes(trace, out_dir / f"step_sizes_{optimizer}", optimizer)
     if "optim/lb_estimate" in table and table["optim/lb_estimate"].notna().any():

@@ -6,10 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from experiments.robustness import band_width, robustness_from_paper, robustness_from_seeds
+from experiments.analysis.robustness import band_width, robustness_from_paper, robustness_from_seeds
 
 LRS = np.array([1e-3, 1e-2, 1e-1, 1.0, 10.0, 100.0])
-PAPER = Path(__file__).resolve().parents[2] / "results" / "paper"
+PAPER = Path(__file__).resolve().parents[3] / "results" / "paper"
 
 
 def test_band_width_spans_the_contiguous_good_lrs_around_the_best():

@@ -12,9 +12,9 @@ import pytest
 import torch
 from _toy_task import compose_config
 
-from experiments import distributed, records, train
+from experiments.runner import distributed, records, train
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def test_shard_gives_each_rank_its_contiguous_slice_of_every_tensor() -> None:
@@ -44,7 +44,7 @@ def test_torchrun_two_ranks_on_gloo_match_the_single_process_run(tmp_path: Path)
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
 
-    paths = records.RunPaths.for_config(single)  # the run id does not depend on results_dir
+    paths = records.run_paths(single)  # the run id does not depend on results_dir
     ddp = tmp_path / "ddp" / "runs" / "mnist_mlp" / paths.run_id
     info = json.loads((ddp / "run.json").read_text())
     assert info["status"] == "completed" and info["device"]["world_size"] == 2

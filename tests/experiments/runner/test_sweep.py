@@ -14,9 +14,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from experiments.sweep import expected_runs, load_sweep, multirun_command
+from experiments.runner.sweep import expected_runs, load_sweep, multirun_command
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 TINY = """
 experiment: fashion_mnist_mlp
@@ -34,7 +34,7 @@ def _sweep(tmp_path: Path, *args: str, **kwargs) -> subprocess.Popen | subproces
     sweep_file = tmp_path / "tiny.yaml"
     sweep_file.write_text(TINY)
     command = [
-        sys.executable, "-m", "experiments.sweep", "fashion_mnist_mlp", "--file", str(sweep_file),
+        sys.executable, "-m", "experiments.runner.sweep", "fashion_mnist_mlp", "--file", str(sweep_file),
         "profile=smoke", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun", *args,
     ]  # fmt: skip
     if kwargs.pop("background", False):
@@ -97,7 +97,7 @@ def test_sweep_end_to_end_through_aggregate_and_plot(tmp_path):
     assert "8 runs expected" in status.stdout and "missing 0" in status.stdout, status.stdout
 
     subprocess.run(
-        [sys.executable, "-m", "experiments.aggregate", "fashion_mnist_mlp", "--results-dir",
+        [sys.executable, "-m", "experiments.analysis.aggregate", "fashion_mnist_mlp", "--results-dir",
          str(tmp_path)], cwd=ROOT, env=ENV, check=True, capture_output=True,
     )  # fmt: skip
     table = pd.read_parquet(tmp_path / "fashion_mnist_mlp.parquet")
@@ -110,7 +110,7 @@ def test_sweep_end_to_end_through_aggregate_and_plot(tmp_path):
 
     plots = tmp_path / "plots"
     subprocess.run(
-        [sys.executable, "-m", "experiments.plot", "fashion_mnist_mlp", "--results-dir", str(tmp_path),
+        [sys.executable, "-m", "experiments.analysis.plot", "fashion_mnist_mlp", "--results-dir", str(tmp_path),
          "--plots-dir", str(plots)], cwd=ROOT, env=ENV, check=True, capture_output=True,
     )  # fmt: skip
     for name in ("robustness", "training_curves", "step_sizes_momo"):

@@ -1,6 +1,6 @@
 """Run records -> one tidy table per experiment (docs/design.md §4 is the input format).
 
-    python -m experiments.aggregate <experiment> [--results-dir results] [--tolerances 1 5]
+    python -m experiments.analysis.aggregate <experiment> [--results-dir results] [--tolerances 1 5]
 
 writes, under the results directory:
 - `<experiment>.csv` and `.parquet`: one row per run and epoch; run fields, the flattened config (dotted
@@ -8,7 +8,7 @@ writes, under the results directory:
 - `<experiment>_summary.csv`: per method and lr, the final-epoch mean and std over seeds of the metrics
   (completed runs only) and the counts of completed, diverged and failed runs.
 - `<experiment>_trace.parquet`: the per-step trace of every run, with the cap lr/rho_k of the step.
-- `<experiment>_robustness.csv`: the lr-band widths of experiments.robustness, also printed.
+- `<experiment>_robustness.csv`: the lr-band widths of experiments.analysis.robustness, also printed.
 """
 
 from __future__ import annotations
@@ -16,14 +16,19 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import yaml
 
-from experiments.robustness import DEFAULT_TOLERANCES, format_robustness, robustness_from_seeds
+from experiments import layout
+from experiments.analysis.robustness import (
+    DEFAULT_TOLERANCES,
+    format_robustness,
+    robustness_from_seeds,
+)
 
 log = logging.getLogger(__name__)
 
@@ -51,16 +56,6 @@ NOT_A_SETTING = {
 }
 
 
-def run_dirs(results_dir: Path, experiment: str) -> Iterator[Path]:
-    """Finished run directories of an experiment (temporary and partial ones start with a dot)."""
-    root = Path(results_dir) / "runs" / experiment
-    if not root.is_dir():
-        return
-    for path in sorted(root.iterdir()):
-        if not path.name.startswith(".") and (path / "run.json").is_file():
-            yield path
-
-
 def _flatten_config(config: dict) -> dict:
     flat = pd.json_normalize(config, sep=".").iloc[0].to_dict()
     # Lists (betas, milestones) become text so that every column has one scalar type.
@@ -69,13 +64,13 @@ def _flatten_config(config: dict) -> dict:
 
 def read_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     """One run directory -> (per-epoch rows, per-step trace rows), both carrying the run fields."""
-    run = json.loads((path / "run.json").read_text())
+    run = json.loads((path / layout.RUN_INFO).read_text())
     fields = {k: run.get(k) for k in RUN_FIELDS}
     fields["synthetic"] = bool((run.get("data") or {}).get("synthetic", False))
-    config = yaml.safe_load((path / "config.yaml").read_text()) or {}
+    config = yaml.safe_load((path / layout.CONFIG).read_text()) or {}
     fields.update({k: v for k, v in _flatten_config(config).items() if k not in fields})
 
-    metrics_file = path / "metrics.jsonl"
+    metrics_file = path / layout.METRICS
     lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
     epochs = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
     # The epoch's (scheduled) lr is not the run's base lr of run.json.
@@ -84,7 +79,7 @@ def read_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
         epochs = pd.DataFrame({"epoch": [np.nan]})
     epochs = epochs.assign(**{k: [v] * len(epochs) for k, v in fields.items()})
 
-    trace_file = path / "trace.csv"
+    trace_file = path / layout.TRACE
     trace = pd.read_csv(trace_file) if trace_file.is_file() else pd.DataFrame()
     if not trace.empty:
         trace = trace.assign(
@@ -125,9 +120,9 @@ def _method_labels(table: pd.DataFrame) -> pd.Series:
 
 def build_table(results_dir: Path, experiment: str) -> tuple[pd.DataFrame, pd.DataFrame]:
     """All runs of an experiment -> (tidy per-epoch table, per-step trace table)."""
-    parts = [read_run(path) for path in run_dirs(results_dir, experiment)]
+    parts = [read_run(path) for path in layout.record_dirs(results_dir, experiment)]
     if not parts:
-        raise FileNotFoundError(f"No run records under {Path(results_dir) / 'runs' / experiment}")
+        raise FileNotFoundError(f"No run records under {layout.runs_dir(results_dir, experiment)}")
     table = pd.concat([p[0] for p in parts], ignore_index=True)
     table.insert(0, "method", _method_labels(table))
     traces = [p[1] for p in parts if not p[1].empty]
@@ -167,7 +162,7 @@ def summarise(table: pd.DataFrame) -> pd.DataFrame:
 def robustness(
     table: pd.DataFrame, tolerances: Sequence[float] = DEFAULT_TOLERANCES
 ) -> pd.DataFrame:
-    """Band widths per method from the per-seed final validation scores (see experiments.robustness)."""
+    """Band widths per method from the per-seed final validation scores (see experiments.analysis.robustness)."""
     final = final_rows(table).rename(columns={"val/score": "score"})
     higher = (
         bool(final["higher_is_better"].dropna().iloc[0])
@@ -185,20 +180,20 @@ def aggregate(
     tolerances: Sequence[float] = DEFAULT_TOLERANCES,
 ) -> dict[str, Path]:
     """Write the tables of one experiment; returns their paths by kind."""
-    results_dir = Path(results_dir)
     table, trace = build_table(results_dir, experiment)
+    files = layout.AggregatePaths(Path(results_dir), experiment)
     out = {
-        "table": results_dir / f"{experiment}.csv",
-        "parquet": results_dir / f"{experiment}.parquet",
-        "summary": results_dir / f"{experiment}_summary.csv",
-        "robustness": results_dir / f"{experiment}_robustness.csv",
+        "table": files.table,
+        "parquet": files.parquet,
+        "summary": files.summary,
+        "robustness": files.robustness,
     }
     table.to_csv(out["table"], index=False)
     table.to_parquet(out["parquet"], index=False)
     summarise(table).to_csv(out["summary"], index=False)
     robustness(table, tolerances).to_csv(out["robustness"], index=False)
     if not trace.empty:
-        out["trace"] = results_dir / f"{experiment}_trace.parquet"
+        out["trace"] = files.trace
         trace.to_parquet(out["trace"], index=False)
     log.info("aggregated %d runs of %s", table["run_id"].nunique(), experiment)
     return out

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from fake_runs import write_sweep
 
-from experiments.aggregate import aggregate
-from experiments.plot import main, plot_fig1
+from experiments.analysis.aggregate import aggregate
+from experiments.analysis.plot import main, plot_fig1
 
-PAPER = Path(__file__).resolve().parents[2] / "results" / "paper"
+PAPER = Path(__file__).resolve().parents[3] / "results" / "paper"
 
 
 def _nonempty(path: Path) -> bool:

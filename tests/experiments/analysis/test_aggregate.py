@@ -4,7 +4,7 @@ import pandas as pd
 import pytest
 from fake_runs import write_run, write_sweep
 
-from experiments.aggregate import aggregate, build_table, summarise
+from experiments.analysis.aggregate import aggregate, build_table, summarise
 
 EPOCHS = 3
 

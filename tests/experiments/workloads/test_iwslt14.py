@@ -21,15 +21,15 @@ from hydra import compose, initialize_config_dir
 from hydra.core.config_store import ConfigStore
 from omegaconf import OmegaConf
 
-from experiments import iwslt14
-from experiments.tasks.base import DatasetNotFoundError
+from experiments.data import DatasetNotFoundError
+from experiments.workloads.iwslt14 import runner as iwslt14
 from momo import MomoAdam
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("fairseq") is None, reason="needs fairseq: scripts/install_fairseq.sh"
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -48,7 +48,7 @@ def _plugin():
     when any later test in this process composes them."""
     store = ConfigStore.instance()
     pristine = copy.deepcopy(store.repo)
-    import experiments.fairseq_plugin as plugin
+    import experiments.workloads.iwslt14.fairseq_plugin as plugin
 
     store.repo = pristine
     return plugin

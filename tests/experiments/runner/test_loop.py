@@ -9,7 +9,7 @@ import pytest
 import torch
 from _toy_task import ToyTask
 
-from experiments import loop, optim
+from experiments.runner import loop, optim
 from momo import Momo
 
 

@@ -30,8 +30,8 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from experiments import distributed
-from experiments.distributed import DistContext
+from experiments.runner import distributed
+from experiments.runner.distributed import DistContext
 from experiments.tasks.base import Task
 
 log = logging.getLogger(__name__)
@@ -41,7 +41,7 @@ DIAGNOSTICS = ("step_size", "adaptive_step", "lb_estimate")
 
 @dataclass
 class Run:
-    """Everything a run trains with; built once by experiments.train."""
+    """Everything a run trains with; built once by experiments.runner.train."""
 
     task: Task
     net: torch.nn.Module  # the bare model: evaluation, norms, checkpoints

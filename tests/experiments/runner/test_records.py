@@ -11,11 +11,12 @@ import torch
 from _toy_task import compose_config
 from omegaconf import OmegaConf
 
-from experiments import records
+from experiments.layout import RunPaths
+from experiments.runner import records
 
 
-def _paths(tmp_path: Path) -> records.RunPaths:
-    return records.RunPaths(tmp_path / "runs" / "toy", "0123456789ab")
+def _paths(tmp_path: Path) -> RunPaths:
+    return RunPaths(tmp_path, "toy", "0123456789ab")
 
 
 def test_run_id_ignores_keys_that_do_not_change_the_result() -> None:

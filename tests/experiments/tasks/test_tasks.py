@@ -12,13 +12,14 @@ import torch
 import torch.nn.functional as F
 from torchvision.transforms.v2 import functional as TF
 
-from experiments import data
-from experiments.data import normalize, random_crop_flip, read_idx_gz
+from experiments.data import DatasetNotFoundError
+from experiments.data import images as data
+from experiments.data.images import normalize, random_crop_flip, read_idx_gz
 from experiments.models import mlp
-from experiments.tasks import DatasetNotFoundError, Task
+from experiments.tasks import Task
 from experiments.tasks.classification import ImageClassification
 
-TASK_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "task"
+TASK_CONFIG_DIR = Path(__file__).resolve().parents[3] / "configs" / "task"
 EXPECTED_TASKS = [
     "cifar100_resnet110",
     "cifar10_resnet20",

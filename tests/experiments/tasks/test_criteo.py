@@ -16,13 +16,13 @@ import torch
 from _toy_task import CONFIG_DIR, compose_config
 from omegaconf import OmegaConf
 
-from experiments import criteo, train
+from experiments.data import DatasetNotFoundError, criteo
+from experiments.runner import train
 from experiments.tasks import criteo_dlrm
-from experiments.tasks.base import DatasetNotFoundError
 from experiments.tasks.criteo_dlrm import CriteoDLRM
 from momo import MomoAdam
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 needs_torchrec = pytest.mark.skipif(
     criteo_dlrm._TORCHREC_IMPORT_ERROR is not None, reason="bash scripts/install_torchrec.sh"
 )

@@ -17,7 +17,7 @@ import pytest
 # slow as well: minutes, so only `-m slurm` (make test-slurm) runs it.
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 SWEEP = """
 experiment: fashion_mnist_mlp
@@ -58,7 +58,7 @@ def _running_array_tasks() -> list[str]:
 def test_slurm_sweep_job_array_with_a_requeued_run(cluster, tmp_path):
     (tmp_path / "sweep.yaml").write_text(SWEEP)
     command = [
-        sys.executable, "-m", "experiments.sweep", "fashion_mnist_mlp", "--file", str(tmp_path / "sweep.yaml"),
+        sys.executable, "-m", "experiments.runner.sweep", "fashion_mnist_mlp", "--file", str(tmp_path / "sweep.yaml"),
         "--launcher", "slurm", "profile=smoke", f"epochs={EPOCHS}", f"results_dir={tmp_path}",
         f"hydra.sweep.dir={tmp_path}/multirun", "hydra.launcher.partition=debug",
         "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",

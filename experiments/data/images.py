@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from experiments.tasks.base import DatasetNotFoundError
+from experiments.data import DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,231 @@
+"""Train one run: `python -m experiments.train experiment=<id> optimizer=<name> optimizer.lr=<lr> seed=<s>`.
+
+The record goes to <results_dir>/runs/<experiment>/<run_id>/ (docs/design.md §4). A rerun of a completed or
+diverged record returns at once; an unfinished run continues from its last per-epoch checkpoint.
+
+Errors in the config, the data or the hyperparameters raise before anything is written. An exception
+during training is recorded as status `failed` with its traceback and does not propagate, so a multirun
+goes on; the single-run command line then exits with status 1. Under `torchrun --nproc_per_node=N` the run
+is data-parallel (experiments/runner/distributed.py) and rank 0 writes the record.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import logging
+import math
+import sys
+import time
+import traceback
+from collections.abc import Callable
+
+import hydra
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf
+
+from experiments.layout import CONFIG_DIR
+from experiments.runner import distributed, loop, optim, records
+from experiments.runner.distributed import DistContext
+from experiments.runner.loggers import NullLogger
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict:
+    """Trains the run that `cfg` describes and returns its run.json."""
+    if cfg.get("runner"):  # a workload with its own trainer writes the same record (design.md §5)
+        hydra.utils.get_method(cfg.runner)(cfg)
+        return records.read_info(records.run_paths(cfg)) or {"status": "failed"}
+    validate(cfg)
+    ctx = distributed.setup(resolve_device(cfg.device).type)
+    try:
+        paths = records.run_paths(cfg)
+        if (finished := records.read_record(paths)) is not None:
+            log.info("%s is %s already: %s", paths.run_id, finished["status"], paths.record)
+            return finished
+        run = build_run(cfg, ctx)
+        state = resume(cfg, paths, run)
+        with build_logger(cfg, ctx) as logger:
+            status, error = run_epochs(cfg, paths, run, state, logger)
+            info = run_info(cfg, paths, run, state, status, error)
+            logger.log_summary(info)
+        if ctx.is_main:
+            finish_record(cfg, paths, run, state, info)
+        # the ranks leave together: gloo can abort in its I/O thread when a peer tears down first
+        distributed.barrier(ctx)
+        return info
+    finally:
+        distributed.teardown(ctx)
+
+
+def validate(cfg: DictConfig) -> None:
+    """Checks the runner's own keys; the optimizer, schedule and task validate theirs when built."""
+    if cfg.get("task") is None:
+        raise ValueError(f"Experiment {cfg.experiment!r} names neither a task nor a runner")
+    if not (isinstance(cfg.epochs, int) and cfg.epochs >= 1):
+        raise ValueError(f"Invalid epochs: {cfg.epochs}")
+    if cfg.amp not in ("none", "bf16"):
+        raise ValueError(f"Invalid amp: {cfg.amp!r} (none or bf16)")
+    if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
+        raise ValueError(f"Invalid device: {cfg.device!r} (auto, cpu or cuda)")
+    if cfg.trace_rows < 1:
+        raise ValueError(f"Invalid trace_rows: {cfg.trace_rows}")
+
+
+def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and ctx is not None and ctx.enabled:
+        return torch.device("cuda", ctx.local_rank)
+    return torch.device(name)
+
+
+def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
+    """Task, model, optimizer and schedule; every invalid choice raises here, before any record."""
+    device = resolve_device(cfg.device, ctx)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    task = hydra.utils.instantiate(
+        cfg.task,
+        data_dir=cfg.data_dir,
+        synthetic=cfg.profile.synthetic,
+        max_train_batches=cfg.profile.max_train_batches,
+        max_eval_batches=cfg.profile.max_eval_batches,
+    )
+    task.setup(device)
+    net = task.build_model()  # the task's fixed model_seed: the same init for every run
+    optimizer = optim.build_optimizer(cfg.optimizer, net.parameters())
+    scheduler = optim.build_schedule(
+        cfg.schedule, optimizer, epochs=cfg.epochs, steps_per_epoch=task.batches_per_epoch()
+    )
+    torch.manual_seed(cfg.seed)  # dropout and anything else that draws from the global RNG
+    total_steps = cfg.epochs * task.batches_per_epoch()
+    return loop.Run(
+        task=task,
+        net=net,
+        model=distributed.wrap_model(net, ctx),
+        optimizer=optimizer,
+        scheduler=scheduler,
+        schedule_interval=cfg.schedule.interval,
+        generator=torch.Generator().manual_seed(cfg.seed),
+        autocast=_autocast(cfg.amp, device),
+        dist=ctx,
+        trace_every=max(1, math.ceil(total_steps / cfg.trace_rows)),
+        progress=ctx.is_main and sys.stderr.isatty(),
+    )
+
+
+def _autocast(amp: str, device: torch.device) -> Callable[[], contextlib.AbstractContextManager]:
+    if amp == "bf16":
+        return functools.partial(torch.autocast, device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext
+
+
+def resume(cfg: DictConfig, paths: records.RunPaths, run: loop.Run) -> loop.TrainState:
+    """The state of the last per-epoch checkpoint, restored into `run`; a fresh state without one."""
+    checkpoint = records.load_checkpoint(paths) if cfg.checkpoint else None
+    if checkpoint is None:
+        return loop.TrainState()
+    state = loop.restore(run, checkpoint)
+    log.info("%s resumes after epoch %d from %s", paths.run_id, state.epoch, paths.checkpoint)
+    return state
+
+
+def build_logger(cfg: DictConfig, ctx: DistContext) -> NullLogger:
+    """The configured logger on rank 0; the other ranks log nothing."""
+    if not ctx.is_main:
+        return NullLogger(config={}, group="", name="")
+    name = f"{cfg.optimizer.name}-lr{cfg.optimizer.lr:g}-s{cfg.seed}"
+    config = OmegaConf.to_container(cfg, resolve=True)
+    return hydra.utils.instantiate(cfg.logger)(config=config, group=cfg.experiment, name=name)
+
+
+def run_epochs(
+    cfg: DictConfig,
+    paths: records.RunPaths,
+    run: loop.Run,
+    state: loop.TrainState,
+    logger: NullLogger,
+) -> tuple[str, str | None]:
+    """Runs the epoch loop; returns the status and, when it failed, the traceback."""
+
+    def on_epoch_end(state: loop.TrainState) -> None:
+        logger.log_epoch(state.metrics[-1], [r for r in state.trace if r["epoch"] == state.epoch])
+        if cfg.checkpoint and run.dist.is_main:
+            records.save_checkpoint(paths, loop.snapshot(run, state))
+
+    try:
+        return loop.fit(run, state, cfg.epochs, on_epoch_end), None
+    except Exception:
+        log.exception("run %s failed", paths.run_id)
+        return "failed", traceback.format_exc()
+
+
+def run_info(
+    cfg: DictConfig,
+    paths: records.RunPaths,
+    run: loop.Run,
+    state: loop.TrainState,
+    status: str,
+    error: str | None,
+) -> dict:
+    """The run.json of docs/design.md §4."""
+    device = distributed.model_device(run.net)
+    return {
+        "run_id": paths.run_id,
+        "experiment": cfg.experiment,
+        "optimizer": cfg.optimizer.name,
+        "lr": cfg.optimizer.lr,
+        "seed": cfg.seed,
+        "status": status,
+        "epochs_done": state.epoch,
+        "final": state.metrics[-1] if state.metrics else {},
+        "score_name": run.task.score_name,
+        "higher_is_better": run.task.higher_is_better,
+        "wall_time_s": state.wall_time_s,
+        "git_commit": records.git_commit(),
+        "versions": records.package_versions(),
+        "device": {
+            "type": device.type,
+            "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+            "world_size": run.dist.world_size,
+            "amp": cfg.amp,
+        },
+        "data": run.task.data_info,
+        "profile": cfg.profile.name,
+        "error": error,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def finish_record(
+    cfg: DictConfig, paths: records.RunPaths, run: loop.Run, state: loop.TrainState, info: dict
+) -> None:
+    """Writes the record, with the task's end-of-run artefacts when it completed; a failed run keeps
+    its checkpoint so that the rerun resumes from it."""
+    artefacts = None
+    if info["status"] == "completed":
+        artefacts = functools.partial(run.task.on_train_end, run.net)  # the bare model, not DDP's
+    where = records.write_record(
+        paths, config=cfg, metrics=state.metrics, trace=state.trace, info=info, artefacts=artefacts
+    )
+    if info["status"] != "failed":
+        records.remove_checkpoint(paths)
+    log.info("%s %s after %d epochs: %s", paths.run_id, info["status"], state.epoch, where)
+
+
+# An absolute path: Hydra resolves a relative one against the calling module, which works for
+# `python -m experiments.train` but not when `main` is imported (tests, other entry points).
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def main(cfg: DictConfig) -> dict:
+    info = train(cfg)
+    if info["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
+        sys.exit(1)  # a single run that failed is an error; a multirun goes on to its next job
+    return info
+
+
+if __name__ == "__main__":
+    main()

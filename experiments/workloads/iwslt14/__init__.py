@@ -1,0 +1,1 @@
+"""IWSLT14 De-En with fairseq (docs/design.md §5)."""
