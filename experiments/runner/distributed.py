@@ -88,6 +88,15 @@ def all_mean(x: torch.Tensor, ctx: DistContext) -> torch.Tensor:
     return x / ctx.world_size
 
 
+def all_sum(values: dict[str, torch.Tensor], ctx: DistContext) -> dict[str, torch.Tensor]:
+    """The sums over ranks of 0-dim tensors (in float64), or `values` itself without torchrun."""
+    if not ctx.enabled:
+        return values
+    stacked = torch.stack([value.double() for value in values.values()])
+    dist.all_reduce(stacked, op=dist.ReduceOp.SUM)
+    return dict(zip(values, stacked.unbind(), strict=True))
+
+
 def barrier(ctx: DistContext) -> None:
     if ctx.enabled:
         dist.barrier()

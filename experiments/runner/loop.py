@@ -15,6 +15,7 @@ tau = min(lr/rho_k, t1) < t1. `optim/cap_fraction` is the fraction of an epoch's
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import random
@@ -32,7 +33,7 @@ from tqdm import tqdm
 
 from experiments.runner import distributed
 from experiments.runner.distributed import DistContext
-from experiments.tasks.base import Task
+from experiments.tasks.base import SPLITS, Task
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,18 @@ class Run:
     dist: DistContext = field(default_factory=DistContext)
     trace_every: int = 1
     progress: bool = False
+    max_train_batches: int | None = None  # a smoke profile's caps; None: whole epochs and splits
+    max_eval_batches: int | None = None
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return epoch_length(self.task, self.max_train_batches)
+
+
+def epoch_length(task: Task, max_batches: int | None) -> int:
+    """The optimizer steps of one epoch: the task's batches, at most `max_batches` of them."""
+    full = task.batches_per_epoch()
+    return full if max_batches is None else min(full, max_batches)
 
 
 @dataclass
@@ -96,11 +109,9 @@ def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
     non-finite (the epoch stops at the first trace point after that)."""
     run.net.train()
     steps = StepLog(epoch)
-    batches = run.task.train_batches(run.generator)
+    batches = itertools.islice(run.task.train_batches(run.generator), run.batches_per_epoch)
     if run.progress:
-        batches = tqdm(
-            batches, total=run.task.batches_per_epoch(), desc=f"epoch {epoch}", leave=False
-        )
+        batches = tqdm(batches, total=run.batches_per_epoch, desc=f"epoch {epoch}", leave=False)
     for step, batch in enumerate(batches, start=first_step):
         if not run.task.shards_batches:
             batch = distributed.shard(batch, run.dist)
@@ -123,12 +134,44 @@ def _closure(run: Run, batch: Any) -> torch.Tensor:
 
 
 def evaluate(run: Run) -> dict[str, float]:
-    """The task's evaluation of the training and validation sets, as `split/metric` keys."""
+    """The task's metrics on the training and validation sets, as `split/metric` keys; the model is in
+    eval mode for it and back in train mode after it."""
+    run.net.eval()
     row = {}
-    with run.autocast():
-        for split in ("train", "val"):
-            row |= {f"{split}/{k}": float(v) for k, v in run.task.evaluate(run.net, split).items()}
+    with torch.no_grad(), run.autocast():
+        for split in SPLITS:
+            metrics = evaluate_split(run.task, run.net, split, run.max_eval_batches, run.dist)
+            row |= {f"{split}/{key}": value for key, value in metrics.items()}
+    run.net.train()
     return row
+
+
+def evaluate_split(
+    task: Task,
+    model: torch.nn.Module,
+    split: str,
+    max_batches: int | None = None,
+    ctx: DistContext | None = None,
+) -> dict[str, float]:
+    """The task's metrics over at most `max_batches` evaluation batches of `split`: the per-batch sums
+    of `task.eval_sums`, added up over the batches and the ranks and divided by their "count" (one host
+    sync), or `task.evaluate` of the whole split for a task that does not evaluate by sums. The caller
+    sets the model's mode and turns gradients off."""
+    batches = itertools.islice(task.eval_batches(split), max_batches)
+    if not task.eval_by_sums:
+        return {key: float(value) for key, value in task.evaluate(model, batches).items()}
+    totals: dict[str, torch.Tensor] = {}
+    for batch in batches:
+        for key, value in task.eval_sums(model, batch).items():
+            totals[key] = value if key not in totals else totals[key] + value
+    if "count" not in totals:
+        raise ValueError(
+            f"{type(task).__name__} gave no evaluation batch with a count for {split!r}"
+        )
+    totals = distributed.all_sum(totals, ctx or DistContext())
+    count = totals.pop("count")
+    means = torch.stack([value / count for value in totals.values()]).tolist()
+    return dict(zip(totals, means, strict=True))
 
 
 class StepLog:

@@ -88,21 +88,16 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
     device = resolve_device(cfg.device, ctx)
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    task = hydra.utils.instantiate(
-        cfg.task,
-        data_dir=cfg.data_dir,
-        synthetic=cfg.profile.synthetic,
-        max_train_batches=cfg.profile.max_train_batches,
-        max_eval_batches=cfg.profile.max_eval_batches,
-    )
-    task.setup(device)
+    task = hydra.utils.instantiate(cfg.task, data_dir=cfg.data_dir, synthetic=cfg.profile.synthetic)
+    task.setup(device, ctx)
     net = task.build_model()  # the task's fixed model_seed: the same init for every run
     optimizer = optim.build_optimizer(cfg.optimizer, net.parameters())
+    steps_per_epoch = loop.epoch_length(task, cfg.profile.max_train_batches)
     scheduler = optim.build_schedule(
-        cfg.schedule, optimizer, epochs=cfg.epochs, steps_per_epoch=task.batches_per_epoch()
+        cfg.schedule, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
     )
     torch.manual_seed(cfg.seed)  # dropout and anything else that draws from the global RNG
-    total_steps = cfg.epochs * task.batches_per_epoch()
+    total_steps = cfg.epochs * steps_per_epoch
     return loop.Run(
         task=task,
         net=net,
@@ -115,6 +110,8 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
         dist=ctx,
         trace_every=max(1, math.ceil(total_steps / cfg.trace_rows)),
         progress=ctx.is_main and sys.stderr.isatty(),
+        max_train_batches=cfg.profile.max_train_batches,
+        max_eval_batches=cfg.profile.max_eval_batches,
     )
 
 
@@ -208,6 +205,7 @@ def finish_record(
     its checkpoint so that the rerun resumes from it."""
     artefacts = None
     if info["status"] == "completed":
+        run.net.eval()
         artefacts = functools.partial(run.task.on_train_end, run.net)  # the bare model, not DDP's
     where = records.write_record(
         paths, config=cfg, metrics=state.metrics, trace=state.trace, info=info, artefacts=artefacts

@@ -30,7 +30,7 @@ class DiagnosticSGD(torch.optim.SGD):
 
 
 def _run(
-    task: ToyTask, optimizer_fn, *, seed: int = 0, trace_every: int = 1, schedule=None
+    task: ToyTask, optimizer_fn, *, seed: int = 0, trace_every: int = 1, schedule=None, **caps
 ) -> loop.Run:
     task.setup(torch.device("cpu"))
     torch.manual_seed(seed)
@@ -49,6 +49,7 @@ def _run(
         generator=torch.Generator().manual_seed(seed),
         autocast=contextlib.nullcontext,
         trace_every=trace_every,
+        **caps,
     )
 
 
@@ -138,6 +139,46 @@ def test_fit_stops_on_a_non_finite_loss_as_diverged() -> None:
 def test_fit_detects_a_non_finite_loss_between_trace_points() -> None:
     status, state = _fit(_run(ToyTask(nan_at_step=2), _sgd, trace_every=100), epochs=3)
     assert status == "diverged" and state.epoch == 1
+
+
+def test_fit_stops_each_epoch_at_max_train_batches() -> None:
+    status, state = _fit(_run(ToyTask(), _sgd, max_train_batches=3), epochs=2)
+    assert status == "completed" and (state.epoch, state.step) == (2, 6)
+    assert [r["step"] for r in state.trace] == [1, 2, 3, 4, 5, 6]
+    assert _run(ToyTask(), _sgd, max_train_batches=100).batches_per_epoch == 8  # the task's 8
+
+
+def test_evaluate_runs_in_eval_mode_without_gradients_and_returns_to_train_mode() -> None:
+    seen = []
+
+    class Watched(ToyTask):
+        def eval_sums(self, model, batch):
+            seen.append((model.training, torch.is_grad_enabled()))
+            return super().eval_sums(model, batch)
+
+    run = _run(Watched(), _sgd)
+    row = loop.evaluate(run)
+    assert seen == [(False, False)] * 4  # two batches of each split
+    assert run.net.training
+    assert set(row) == {"train/loss", "train/score", "val/loss", "val/score"}
+    seen.clear()
+    capped = _run(Watched(), _sgd, max_eval_batches=1)
+    loop.evaluate(capped)
+    assert len(seen) == 2  # one batch of each split
+
+
+def test_evaluate_split_adds_the_batch_sums_and_divides_by_the_count() -> None:
+    task = ToyTask()
+    run = _run(task, _sgd)
+    run.net.eval()
+    with torch.no_grad():
+        row = loop.evaluate_split(task, run.net, "val")
+        logits = run.net(task.x_val)
+    assert row["loss"] == pytest.approx(
+        torch.nn.functional.cross_entropy(logits, task.y_val).item()
+    )
+    accuracy = (logits.argmax(1) == task.y_val).float().mean().item()
+    assert row["score"] == pytest.approx(accuracy)
 
 
 def test_fit_steps_an_epoch_schedule_once_per_epoch() -> None:

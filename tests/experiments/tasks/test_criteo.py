@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-from _toy_task import CONFIG_DIR, compose_config
+from _toy_task import CONFIG_DIR, compose_config, evaluate
 from omegaconf import OmegaConf
 
 from experiments.data import DatasetNotFoundError, criteo
@@ -190,7 +190,7 @@ def test_criteo_dlrm_trains_on_synthetic_data_with_momo_adam(make_task) -> None:
     assert task.data_info["synthetic"] and task.batches_per_epoch() == 4096 // 128
     model = task.build_model()
     optimizer = MomoAdam(model.parameters(), lr=1e-2)
-    before = task.evaluate(model, "val")
+    before = evaluate(task, model, "val")
 
     losses = []
     for batch in task.train_batches(torch.Generator().manual_seed(0)):
@@ -202,8 +202,8 @@ def test_criteo_dlrm_trains_on_synthetic_data_with_momo_adam(make_task) -> None:
 
     assert len(losses) == 32 and all(math.isfinite(x) for x in losses)
     assert torch.isfinite(optimizer.param_groups[0]["step_size"])
-    after = task.evaluate(model, "val")
-    for metrics in (before, after, task.evaluate(model, "train")):
+    after = evaluate(task, model, "val")
+    for metrics in (before, after, evaluate(task, model, "train")):
         assert set(metrics) == {"loss", "score", "acc"}
         assert math.isfinite(metrics["loss"]) and metrics["loss"] > 0
         assert 0.0 <= metrics["score"] <= 1.0 and 0.0 <= metrics["acc"] <= 1.0
@@ -215,7 +215,7 @@ def test_criteo_dlrm_trains_on_synthetic_data_with_momo_adam(make_task) -> None:
 def test_criteo_dlrm_reads_prepared_data(tmp_path: Path) -> None:
     source = _write(tmp_path / "train.txt", _generated_lines(70))
     meta = criteo.prepare_criteo(source, tmp_path / "data" / "criteo", min_count=2)
-    task = CriteoDLRM(data_dir=tmp_path / "data", batch_size=8, max_train_batches=2)
+    task = CriteoDLRM(data_dir=tmp_path / "data", batch_size=8)
     task.setup(torch.device("cpu"))
     assert task.data_info == {
         "dataset": "criteo_kaggle",
@@ -228,9 +228,10 @@ def test_criteo_dlrm_reads_prepared_data(tmp_path: Path) -> None:
     tables = model.sparse_arch.embedding_bag_collection.embedding_bag_configs()
     assert [t.num_embeddings for t in tables] == meta["table_sizes"]
     batches = list(task.train_batches(torch.Generator().manual_seed(0)))
-    assert len(batches) == 2 and batches[0].dense_features.shape == (8, 13)
+    assert len(batches) == 60 // 8 and batches[0].dense_features.shape == (8, 13)
     assert math.isfinite(task.loss(model, batches[0]).item())
-    assert 0.0 <= task.evaluate(model, "val")["score"] <= 1.0
+    assert 0.0 <= evaluate(task, model, "val")["score"] <= 1.0
+    assert not model.training  # the runner's evaluation put it in eval mode
 
 
 @needs_torchrec

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from _toy_task import compose_config
+from _toy_task import compose_config, evaluate
 from PIL import Image
 
 from experiments.data import DatasetNotFoundError
@@ -40,11 +40,10 @@ def _tiny(**overrides: object) -> DDPMDenoising:
         "dataset": "butterflies",
         "unet": TINY_UNET,
         "image_size": 16,
+        "batch_size": 4,
         "synthetic": True,
-        "synthetic_image_size": 16,
         "synthetic_n_train": 16,
         "synthetic_n_val": 8,
-        "synthetic_batch_size": 4,
     }
     task = DDPMDenoising(**{**kwargs, **overrides})
     task.setup(torch.device("cpu"))
@@ -72,7 +71,7 @@ def test_ddpm_denoising_trains_on_synthetic_data_with_momo_adam() -> None:
     assert len(losses) == task.batches_per_epoch() == 4
     assert all(math.isfinite(v) and v > 0 for v in losses)
 
-    result = task.evaluate(model, "val")
+    result = evaluate(task, model, "val")
     assert result["loss"] == result["score"]
     assert 0.0 < result["score"] < 10.0  # noise has unit variance: an untrained net is near 1
 
@@ -80,14 +79,14 @@ def test_ddpm_denoising_trains_on_synthetic_data_with_momo_adam() -> None:
 def test_ddpm_denoising_metric_is_deterministic_across_calls_and_runs() -> None:
     task = _tiny()
     model = task.build_model()
-    first = task.evaluate(model, "val")["score"]
-    assert task.evaluate(model, "val")["score"] == first
+    first = evaluate(task, model, "val")["score"]
+    assert evaluate(task, model, "val")["score"] == first
     # a fresh task (another run) holds the same held-out noise and timesteps
-    assert _tiny().evaluate(model, "val")["score"] == first
+    assert evaluate(_tiny(), model, "val")["score"] == first
     # and the metric sees the model: a change of weights changes it
     with torch.no_grad():
         model.conv_out.bias.add_(0.5)
-    assert task.evaluate(model, "val")["score"] != first
+    assert evaluate(task, model, "val")["score"] != first
 
 
 def test_ddpm_denoising_batches_are_a_function_of_the_generator() -> None:
@@ -133,7 +132,7 @@ def test_ddpm_denoising_missing_folder_names_path_and_preparation(tmp_path: Path
     not data._debian_fashion_mnist_present(), reason="apt-get install dataset-fashion-mnist"
 )
 def test_fashion_mnist_diffusion_pads_the_real_images_to_32(make_task) -> None:
-    task = make_task("fashion_mnist_diffusion", synthetic=False, max_eval_batches=1)
+    task = make_task("fashion_mnist_diffusion", synthetic=False)
     task.setup(torch.device("cpu"))
     info = task.data_info
     assert (info["n_train"], info["n_val"], info["synthetic"]) == (60_000, 10_000, False)
@@ -146,14 +145,13 @@ def test_fashion_mnist_diffusion_pads_the_real_images_to_32(make_task) -> None:
 
 
 def test_ddpm_denoising_on_train_end_saves_a_sample_grid(tmp_path: Path) -> None:
-    task = _tiny(n_samples=4, synthetic_sample_steps=3)
-    model = task.build_model()
+    task = _tiny(n_samples=4, sample_steps=3)
+    model = task.build_model().eval()
     path = task.on_train_end(model, tmp_path)
     assert path == tmp_path / "samples.png"
     with Image.open(path) as grid:
         # 2 x 2 images of 16 px with torchvision's 2 px padding
         assert grid.size == (2 * 16 + 3 * 2, 2 * 16 + 3 * 2)
-    assert model.training  # the mode is restored
 
 
 @pytest.mark.parametrize("name", ["diffusion", "fashion_mnist_diffusion"])
@@ -168,6 +166,15 @@ def test_diffusion_task_configs_build_the_recipe_shapes(make_task, name: str) ->
         assert task.unet["down_block_types"][4] == "AttnDownBlock2D"
     else:
         assert (task.image_size, task.channels, task.pad) == (32, 1, 2)
+
+
+def test_smoke_profile_makes_the_diffusion_recipe_cpu_sized() -> None:
+    smoke = compose_config("experiment=diffusion", "profile=smoke")
+    assert (smoke.task.batch_size, smoke.task.image_size, smoke.task.sample_steps) == (2, 32, 2)
+    full = compose_config("experiment=diffusion")
+    assert (full.task.batch_size, full.task.image_size, full.task.sample_steps) == (16, 128, 1000)
+    overridden = compose_config("experiment=diffusion", "profile=smoke", "task.batch_size=3")
+    assert overridden.task.batch_size == 3  # the command line still wins
 
 
 @pytest.mark.parametrize("name", ["diffusion", "fashion_mnist_diffusion"])
@@ -196,6 +203,6 @@ def test_fashion_mnist_diffusion_smoke_run_writes_a_record(tmp_path: Path) -> No
 
 @pytest.mark.slow
 def test_diffusion_smoke_run_writes_a_record(tmp_path: Path) -> None:
-    # the recipe's 114M-parameter UNet, at the stand-in's 32 px and batch 2
+    # the recipe's 114M-parameter UNet, at the smoke profile's 32 px and batch 2
     info = _smoke_record(tmp_path, "diffusion", "optimizer=momo_adam")
-    assert info["data"]["batch_size"] == 2
+    assert info["data"]["batch_size"] == 2 and info["data"]["image_size"] == 32

@@ -9,18 +9,19 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
-from _toy_task import compose_config
+from _toy_task import compose_config, evaluate
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from experiments.data import DatasetNotFoundError
-from experiments.runner import train
+from experiments.runner import loop, train
+from experiments.runner.distributed import DistContext
 from experiments.runner.sweep import load_sweep
 from experiments.tasks.imagenet_vit import TimmImageNet, write_synthetic_image_folder
 from momo import MomoAdam
 
 # one transformer block: the pipeline and the 224 px shapes are real, the step is cheap
-TINY = {"model_kwargs": {"depth": 1}, "num_workers": 0, "eval_batch_size": 16}
+TINY = {"model_kwargs": {"depth": 1}, "num_workers": 0, "batch_size": 8, "eval_batch_size": 16}
 
 
 @pytest.fixture(autouse=True)
@@ -52,7 +53,7 @@ def test_timm_imagenet_trains_on_synthetic_folder_with_momo_adam(make_task) -> N
             break
     assert all(math.isfinite(v) and v > 0 for v in losses)
 
-    result = task.evaluate(model, "val")
+    result = evaluate(task, model, "val")
     assert set(result) == {"loss", "score"}
     assert 0.0 <= result["score"] <= 1.0 and 0.0 < result["loss"] < 20.0
 
@@ -83,7 +84,7 @@ def test_timm_imagenet_evaluation_is_plain_cross_entropy_on_unmixed_images(make_
     expected_loss = torch.nn.functional.cross_entropy(logits, labels).item()
     expected_acc = (logits.argmax(1) == labels).float().mean().item()
 
-    result = task.evaluate(model, "val")
+    result = evaluate(task, model, "val")
     assert result["loss"] == pytest.approx(expected_loss, rel=1e-5)
     assert result["score"] == pytest.approx(expected_acc)
 
@@ -144,7 +145,7 @@ def test_imagenet_vit_task_config_builds_the_timm_task(tmp_path: Path) -> None:
     cfg = OmegaConf.load(Path(__file__).resolve().parents[3] / "configs/task/imagenet_vit.yaml")
     task = instantiate(cfg, data_dir=str(tmp_path), synthetic=False)
     assert isinstance(task, TimmImageNet)
-    assert (task.model_name, task.batch_size, task.crop_pct) == ("vit_tiny_patch16_224", 512, 0.9)
+    assert (task.model, task.batch_size, task.crop_pct) == ("vit_tiny_patch16_224", 512, 0.9)
 
 
 @pytest.mark.slow
@@ -164,9 +165,12 @@ def _data_parallel_worker(rank: int, init_file: str, out_dir: str) -> None:
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
     try:
         task = TimmImageNet(synthetic=True, **TINY)
-        task.setup(torch.device("cpu"))
+        ctx = DistContext(rank=rank, world_size=2)
+        task.setup(torch.device("cpu"), ctx)
         images, targets = next(iter(task.train_batches(torch.Generator().manual_seed(0))))
-        result = task.evaluate(task.build_model(), "val")
+        model = task.build_model().eval()
+        with torch.no_grad():
+            result = loop.evaluate_split(task, model, "val", ctx=ctx)
         torch.save({"images": images, "targets": targets, **result}, f"{out_dir}/rank{rank}.pt")
         dist.barrier()  # both ranks leave together (gloo can abort when a peer tears down first)
     finally:
@@ -186,7 +190,7 @@ def test_timm_imagenet_ranks_read_their_shard_and_evaluate_the_whole_set(tmp_pat
 
     task = TimmImageNet(synthetic=True, **TINY)
     task.setup(torch.device("cpu"))
-    single = task.evaluate(task.build_model(), "val")
+    single = evaluate(task, task.build_model(), "val")
     for result in (rank0, rank1):
         assert result["loss"] == pytest.approx(single["loss"], rel=1e-5)
         assert result["score"] == pytest.approx(single["score"])

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import gzip
 import pickle
 from pathlib import Path
 
+import hydra
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from _toy_task import evaluate
+from omegaconf import OmegaConf
 from torchvision.transforms.v2 import functional as TF
 
 from experiments.data import DatasetNotFoundError
@@ -102,13 +106,6 @@ def test_train_batches_drop_last_agrees_with_batches_per_epoch(
     assert task.batches_per_epoch() == len(expected_sizes)
 
 
-def test_train_batches_stop_at_max_train_batches(make_task) -> None:
-    task = make_task("mnist_mlp", batch_size=10, max_train_batches=3)
-    task.setup(torch.device("cpu"))
-    assert task.batches_per_epoch() == 3
-    assert len(list(task.train_batches(torch.Generator().manual_seed(0)))) == 3
-
-
 def test_train_batches_are_a_permutation_fixed_by_the_generator(make_task) -> None:
     task = make_task("mnist_mlp", batch_size=64, drop_last=False)
     task.setup(torch.device("cpu"))
@@ -199,9 +196,7 @@ def test_evaluate_returns_mean_loss_and_accuracy_over_the_split(make_task) -> No
     task = make_task("mnist_mlp", eval_batch_size=50)
     task.setup(torch.device("cpu"))
     model = task.build_model()
-    model.train()
-    result = task.evaluate(model, "val")
-    assert model.training  # the caller's mode is restored
+    result = evaluate(task, model, "val")
     reference = task._data
     with torch.no_grad():
         logits = model.eval()(normalize(reference.val_images, task._mean, task._std))
@@ -210,32 +205,41 @@ def test_evaluate_returns_mean_loss_and_accuracy_over_the_split(make_task) -> No
     assert result["score"] == pytest.approx(accuracy)
     assert 0.0 <= result["score"] <= 1.0
     with pytest.raises(ValueError, match="split"):
-        task.evaluate(model, "test")
+        task.eval_batches("test")
+
+
+def test_eval_sums_are_0_dim_tensors_of_one_batch(make_task) -> None:
+    for name in ("mnist_mlp", "synthetic_ls"):
+        task = make_task(name)
+        task.setup(torch.device("cpu"))
+        batch = next(task.eval_batches("val"))
+        sums = task.eval_sums(task.build_model().eval(), batch)
+        assert {"loss", "score", "count"} <= set(sums), name
+        assert all(torch.is_tensor(v) and v.ndim == 0 for v in sums.values()), name
+        assert sums["count"].item() == batch[1].shape[0], name
 
 
 def test_evaluate_stops_at_max_eval_batches(make_task) -> None:
-    task = make_task("mnist_mlp", eval_batch_size=32, max_eval_batches=1)
+    task = make_task("mnist_mlp", eval_batch_size=32)
     task.setup(torch.device("cpu"))
     model = task.build_model().eval()
     reference = task._data
     with torch.no_grad():
         logits = model(normalize(reference.train_images[:32], task._mean, task._std))
     expected = F.cross_entropy(logits, reference.train_labels[:32]).item()
-    assert task.evaluate(model, "train")["loss"] == pytest.approx(expected)
+    assert evaluate(task, model, "train", max_batches=1)["loss"] == pytest.approx(expected)
 
 
 def test_evaluate_of_augmented_train_set_is_deterministic(make_task) -> None:
-    task = make_task("cifar10_resnet20", eval_batch_size=64, max_eval_batches=1)
+    task = make_task("cifar10_resnet20", eval_batch_size=64)
     task.setup(torch.device("cpu"))
     assert task.augment_train_eval
     model = task.build_model()
-    first, second = task.evaluate(model, "train"), task.evaluate(model, "train")
+    first, second = (evaluate(task, model, "train", max_batches=1) for _ in range(2))
     assert first == second
-    clean = make_task(
-        "cifar10_resnet20", eval_batch_size=64, max_eval_batches=1, augment_train_eval=False
-    )
+    clean = make_task("cifar10_resnet20", eval_batch_size=64, augment_train_eval=False)
     clean.setup(torch.device("cpu"))
-    assert clean.evaluate(model, "train")["loss"] != first["loss"]
+    assert evaluate(clean, model, "train", max_batches=1)["loss"] != first["loss"]
 
 
 def test_image_classification_rejects_invalid_fields() -> None:
@@ -345,15 +349,28 @@ def test_least_squares_has_a_known_zero_optimum(make_task) -> None:
     assert (task.score_name, task.higher_is_better, task.optimal_value) == ("mse", False, 0.0)
     assert task.batches_per_epoch() == 10
     model = task.build_model()
-    assert task.evaluate(model, "train")["loss"] > 1e-2
+    assert evaluate(task, model, "train")["loss"] > 1e-2
     a, b = task._splits["train"]
     solution = torch.linalg.lstsq(a.double(), b.double()).solution
     with torch.no_grad():
         model.weight.copy_(solution.float().view(1, -1))
-    result = task.evaluate(model, "train")
+    result = evaluate(task, model, "train")
     assert result["loss"] < 1e-8 and result["score"] == result["loss"]
-    assert task.evaluate(model, "val")["loss"] < 1e-8  # same w*, fresh samples
+    assert evaluate(task, model, "val")["loss"] < 1e-8  # same w*, fresh samples
     assert task.data_info["synthetic"] is False
+
+
+def test_least_squares_evaluation_stops_at_max_eval_batches(make_task) -> None:
+    task = make_task("synthetic_ls", eval_batch_size=50)
+    task.setup(torch.device("cpu"))
+    model = task.build_model()
+    a, b = task._splits["val"]
+    with torch.no_grad():
+        first_fifty = F.mse_loss(model(a[:50]).flatten(), b[:50]).item()
+        whole = F.mse_loss(model(a).flatten(), b).item()
+    assert evaluate(task, model, "val", max_batches=1)["loss"] == pytest.approx(first_fifty)
+    assert evaluate(task, model, "val")["loss"] == pytest.approx(whole)
+    assert first_fifty != pytest.approx(whole)
 
 
 def test_least_squares_batches_are_shuffled_by_the_generator(make_task) -> None:
@@ -373,3 +390,15 @@ def test_task_setup_is_required_before_data_access(make_task) -> None:
         task.data_info  # noqa: B018
     assert isinstance(task, Task)
     assert Path(task.data_dir).name == "data"
+
+
+@pytest.mark.parametrize("name", [*EXPECTED_TASKS, "imagenet_vit", "diffusion", "criteo_dlrm"])
+def test_task_is_a_keyword_only_dataclass_of_its_config(name) -> None:
+    cfg = OmegaConf.load(TASK_CONFIG_DIR / f"{name}.yaml")
+    task_class = hydra.utils.get_class(cfg._target_)
+    assert dataclasses.is_dataclass(task_class) and issubclass(task_class, Task)
+    fields = {f.name: f for f in dataclasses.fields(task_class) if f.init}
+    assert all(f.kw_only for f in fields.values())
+    config_keys = {k for k in cfg if not k.startswith("_")}
+    assert config_keys <= set(fields), config_keys - set(fields)  # every config key is a field
+    assert not {f for f in fields if f.startswith("max_")}  # batch caps belong to the runner
