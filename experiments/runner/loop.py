@@ -1,15 +1,12 @@
 """The training loop: one explicit epoch loop, the same for every optimizer.
 
 Every optimizer is stepped as `optimizer.step(closure)`. After each step the loop reads the step-size
-diagnostics that an optimizer may leave in its first param group (docs/design.md §1): `step_size` (tau),
-`adaptive_step` (t1) and `lb_estimate`. It never asks which optimizer it runs.
+diagnostics that an optimizer may leave in its first param group (experiments.runner.diagnostics):
+`step_size` (tau), `adaptive_step` (t1) and `lb_estimate`. It never asks which optimizer it runs.
 
 No host sync per step: losses, gradient norms and diagnostics stay 0-dim tensors on the device and move
 to the host once per epoch. The only other syncs are at the trace points (every `trace_every`-th step),
 where the loss of the trace row is read and a non-finite loss stops the epoch.
-
-A step is "capped" when the cap lr/rho_k bound, i.e. when the step taken is below the adaptive step:
-tau = min(lr/rho_k, t1) < t1. `optim/cap_fraction` is the fraction of an epoch's steps that were capped.
 """
 
 from __future__ import annotations
@@ -32,12 +29,11 @@ from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
 from experiments.runner import distributed
+from experiments.runner.diagnostics import DIAGNOSTICS, step_statistics
 from experiments.runner.distributed import DistContext
 from experiments.tasks.base import SPLITS, Task
 
 log = logging.getLogger(__name__)
-
-DIAGNOSTICS = ("step_size", "adaptive_step", "lb_estimate")
 
 
 @dataclass
@@ -231,23 +227,7 @@ class StepLog:
         out: dict[str, float] = {}
         if "grad_norm" in self._host:
             out["grad_norm"] = statistics.fmean(self._host["grad_norm"])
-        for key in ("step_size", "adaptive_step"):
-            if key in self._host:
-                values = self._host[key]
-                out |= {
-                    f"optim/{key}_median": statistics.median(values),
-                    f"optim/{key}_min": min(values),
-                    f"optim/{key}_max": max(values),
-                }
-        if "step_size" in self._host and "adaptive_step" in self._host:
-            capped = [
-                t < t1
-                for t, t1 in zip(self._host["step_size"], self._host["adaptive_step"], strict=True)
-            ]
-            out["optim/cap_fraction"] = sum(capped) / len(capped)
-        if "lb_estimate" in self._host:
-            out["optim/lb_estimate"] = self._host["lb_estimate"][-1]
-        return out
+        return out | step_statistics(self._host)
 
 
 @torch.no_grad()

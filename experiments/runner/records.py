@@ -15,7 +15,8 @@ import math
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments import layout
 from experiments.layout import RunPaths
+from experiments.runner.diagnostics import TRACE_COLUMNS
 
 # Keys of the resolved config that do not change the result, so they do not change the run id.
 # Dotted paths reach into groups: where the data came from (download or not) does not change the run.
@@ -38,7 +40,6 @@ NOT_IN_RUN_ID = (
     "task.download",
 )
 FINISHED = ("completed", "diverged")  # a rerun of such a record returns at once; `failed` is rerun
-TRACE_COLUMNS = ("step", "epoch", "loss", "lr", "step_size", "adaptive_step", "lb_estimate")
 _DISTRIBUTIONS = (
     "momo-suite",
     "torch",
@@ -143,6 +144,52 @@ def _remove_if_empty(directory: Path) -> None:
         directory.rmdir()
 
 
+def run_info(
+    cfg: DictConfig,
+    *,
+    status: str,
+    metrics: list[dict],
+    score_name: str,
+    higher_is_better: bool,
+    wall_time_s: float,
+    device: dict,
+    data: dict,
+    error: str | None,
+    versions: Sequence[str] = (),
+) -> dict:
+    """The run.json of docs/design.md §4, for the training loop and for every workload runner alike.
+
+    `metrics` are the run's metrics.jsonl rows, `device` a `device_info`, `data` the data description
+    (the task's `data_info`), `error` the traceback of a failed run, `versions` distributions to record
+    besides the suite's own."""
+    return {
+        "run_id": run_id(cfg),
+        "experiment": cfg.experiment,
+        "optimizer": cfg.optimizer.name,
+        "lr": cfg.optimizer.lr,
+        "seed": cfg.seed,
+        "status": status,
+        "epochs_done": len(metrics),
+        "final": metrics[-1] if metrics else {},
+        "score_name": score_name,
+        "higher_is_better": higher_is_better,
+        "wall_time_s": wall_time_s,
+        "git_commit": git_commit(),
+        "versions": package_versions(*versions),
+        "device": device,
+        "data": data,
+        "profile": cfg.profile.name,
+        "error": error,
+        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def device_info(device: torch.device, *, world_size: int, amp: str) -> dict:
+    """run.json's `device`: the device type and name, the number of processes, the autocast dtype."""
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"type": device.type, "name": name, "world_size": world_size, "amp": amp}
+
+
 def git_commit() -> str | None:
     """HEAD of the repository that holds this code, if it is a git checkout."""
     try:
@@ -159,9 +206,10 @@ def git_commit() -> str | None:
     return out.stdout.strip() or None
 
 
-def package_versions() -> dict[str, str | None]:
+def package_versions(*extra: str) -> dict[str, str | None]:
+    """The installed versions of the suite's distributions and of `extra` ones (None: not installed)."""
     versions: dict[str, str | None] = {}
-    for name in _DISTRIBUTIONS:
+    for name in (*_DISTRIBUTIONS, *extra):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -16,7 +16,6 @@ import functools
 import logging
 import math
 import sys
-import time
 import traceback
 from collections.abc import Callable
 
@@ -36,21 +35,20 @@ log = logging.getLogger(__name__)
 
 def train(cfg: DictConfig) -> dict:
     """Trains the run that `cfg` describes and returns its run.json."""
-    if cfg.get("runner"):  # a workload with its own trainer writes the same record (design.md §5)
-        hydra.utils.get_method(cfg.runner)(cfg)
-        return records.read_info(records.run_paths(cfg)) or {"status": "failed"}
     validate(cfg)
+    paths = records.run_paths(cfg)
+    if (finished := records.read_record(paths)) is not None:
+        log.info("%s is %s already: %s", paths.run_id, finished["status"], paths.record)
+        return finished
+    if cfg.get("runner"):  # a workload with its own trainer writes the same record (design.md §5)
+        return hydra.utils.get_method(cfg.runner)(cfg)
     ctx = distributed.setup(resolve_device(cfg.device).type)
     try:
-        paths = records.run_paths(cfg)
-        if (finished := records.read_record(paths)) is not None:
-            log.info("%s is %s already: %s", paths.run_id, finished["status"], paths.record)
-            return finished
         run = build_run(cfg, ctx)
         state = resume(cfg, paths, run)
         with build_logger(cfg, ctx) as logger:
             status, error = run_epochs(cfg, paths, run, state, logger)
-            info = run_info(cfg, paths, run, state, status, error)
+            info = run_info(cfg, run, state, status, error)
             logger.log_summary(info)
         if ctx.is_main:
             finish_record(cfg, paths, run, state, info)
@@ -63,7 +61,7 @@ def train(cfg: DictConfig) -> dict:
 
 def validate(cfg: DictConfig) -> None:
     """Checks the runner's own keys; the optimizer, schedule and task validate theirs when built."""
-    if cfg.get("task") is None:
+    if cfg.get("task") is None and cfg.get("runner") is None:
         raise ValueError(f"Experiment {cfg.experiment!r} names neither a task nor a runner")
     if not (isinstance(cfg.epochs, int) and cfg.epochs >= 1):
         raise ValueError(f"Invalid epochs: {cfg.epochs}")
@@ -163,39 +161,25 @@ def run_epochs(
 
 def run_info(
     cfg: DictConfig,
-    paths: records.RunPaths,
     run: loop.Run,
     state: loop.TrainState,
     status: str,
     error: str | None,
 ) -> dict:
     """The run.json of docs/design.md §4."""
-    device = distributed.model_device(run.net)
-    return {
-        "run_id": paths.run_id,
-        "experiment": cfg.experiment,
-        "optimizer": cfg.optimizer.name,
-        "lr": cfg.optimizer.lr,
-        "seed": cfg.seed,
-        "status": status,
-        "epochs_done": state.epoch,
-        "final": state.metrics[-1] if state.metrics else {},
-        "score_name": run.task.score_name,
-        "higher_is_better": run.task.higher_is_better,
-        "wall_time_s": state.wall_time_s,
-        "git_commit": records.git_commit(),
-        "versions": records.package_versions(),
-        "device": {
-            "type": device.type,
-            "name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-            "world_size": run.dist.world_size,
-            "amp": cfg.amp,
-        },
-        "data": run.task.data_info,
-        "profile": cfg.profile.name,
-        "error": error,
-        "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
+    return records.run_info(
+        cfg,
+        status=status,
+        metrics=state.metrics,
+        score_name=run.task.score_name,
+        higher_is_better=run.task.higher_is_better,
+        wall_time_s=state.wall_time_s,
+        device=records.device_info(
+            distributed.model_device(run.net), world_size=run.dist.world_size, amp=cfg.amp
+        ),
+        data=run.task.data_info,
+        error=error,
+    )
 
 
 def finish_record(

@@ -103,11 +103,12 @@ def toy_config(results_dir: Path, *overrides: str, **task: object) -> DictConfig
     return cfg
 
 
-def toy_runner(cfg: DictConfig) -> None:
-    """Stands for a workload with its own trainer (docs/design.md §5): it writes the run record."""
+def toy_runner(cfg: DictConfig) -> dict:
+    """Stands for a workload with its own trainer (docs/design.md §5): it writes the run record and
+    returns its run.json."""
     info = {"status": "completed", "run_id": records.run_id(cfg), "runner": "toy"}
-    paths = records.run_paths(cfg)
-    records.write_record(paths, config=cfg, metrics=[], trace=[], info=info)
+    records.write_record(records.run_paths(cfg), config=cfg, metrics=[], trace=[], info=info)
+    return info
 
 
 def evaluate(task: Task, model: nn.Module, split: str, max_batches: int | None = None) -> dict:

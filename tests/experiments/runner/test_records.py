@@ -13,6 +13,7 @@ from omegaconf import OmegaConf
 
 from experiments.layout import RunPaths
 from experiments.runner import records
+from experiments.runner.diagnostics import TRACE_COLUMNS
 
 
 def _paths(tmp_path: Path) -> RunPaths:
@@ -68,7 +69,7 @@ def test_write_record_writes_the_four_files_and_nulls_non_finite(tmp_path: Path)
     assert json.loads((where / "run.json").read_text())["final"]["train/loss"] is None
     with open(where / "trace.csv") as f:
         (row,) = list(csv.DictReader(f))
-    assert list(row) == list(records.TRACE_COLUMNS)
+    assert list(row) == list(TRACE_COLUMNS)
     assert row["step_size"] == "" and row["adaptive_step"] == "" and row["loss"] == "0.7"
     assert OmegaConf.load(where / "config.yaml").seed == 3
     assert not (paths.experiment_dir / ".tmp").exists()  # the staging directory was renamed away

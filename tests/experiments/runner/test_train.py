@@ -14,8 +14,10 @@ import pytest
 import torch
 from _toy_task import CONFIG_DIR, compose_config, toy_config
 from hydra.errors import ConfigCompositionException, MissingConfigException
+from record_schema import check_record
 
 from experiments.runner import loggers, loop, optim, records, train
+from experiments.runner.diagnostics import TRACE_COLUMNS
 from experiments.runner.train import main as train_main
 
 REPO = Path(__file__).resolve().parents[3]
@@ -26,11 +28,6 @@ EXPERIMENTS = [
 ]  # fmt: skip
 OPTIMIZERS = sorted(p.stem for p in (CONFIG_DIR / "optimizer").glob("*.yaml"))
 SCHEDULES = sorted(p.stem for p in (CONFIG_DIR / "schedule").glob("*.yaml"))
-RUN_JSON_KEYS = {
-    "run_id", "experiment", "optimizer", "lr", "seed", "status", "epochs_done", "final",
-    "score_name", "higher_is_better", "wall_time_s", "git_commit", "versions", "device", "data",
-    "profile", "error",
-}  # fmt: skip
 
 
 class Preempted(BaseException):
@@ -54,8 +51,7 @@ def test_train_writes_a_complete_record(tmp_path: Path) -> None:
     info = train.train(cfg)
     record = _record(cfg)
 
-    assert json.loads((record / "run.json").read_text()) == info
-    assert set(info) >= RUN_JSON_KEYS
+    assert check_record(record) == info
     assert info["status"] == "completed" and info["epochs_done"] == 2 and info["error"] is None
     assert (info["experiment"], info["optimizer"], info["lr"], info["seed"]) == (
         "toy",
@@ -68,7 +64,7 @@ def test_train_writes_a_complete_record(tmp_path: Path) -> None:
     rows = _metrics(record)
     assert [row["epoch"] for row in rows] == [1, 2] and rows[-1] == info["final"]
     assert {"optim/step_size_median", "optim/cap_fraction", "grad_norm"} <= set(rows[-1])
-    assert (record / "trace.csv").read_text().splitlines()[0] == ",".join(records.TRACE_COLUMNS)
+    assert (record / "trace.csv").read_text().splitlines()[0] == ",".join(TRACE_COLUMNS)
     assert not (record.parent / ".partial").exists()  # the checkpoint goes once the run is done
 
 
@@ -124,7 +120,7 @@ def test_train_records_a_failure_keeps_the_checkpoint_and_a_rerun_replaces_it(
     failed = train.train(cfg)  # does not raise: a multirun goes on
     assert failed["status"] == "failed" and failed["epochs_done"] == 1
     assert "RuntimeError: injected failure" in failed["error"]
-    assert json.loads((_record(cfg) / "run.json").read_text())["status"] == "failed"
+    assert check_record(_record(cfg)) == failed
     assert records.run_paths(cfg).checkpoint.exists()
 
     rerun = train.train(cfg)
@@ -138,7 +134,7 @@ def test_train_records_a_diverged_run_and_skips_it_on_rerun(tmp_path: Path) -> N
     info = train.train(cfg)
     assert info["status"] == "diverged" and info["epochs_done"] == 1
     assert info["final"]["train/loss"] is None or math.isnan(info["final"]["train/loss"])
-    assert json.loads((_record(cfg) / "run.json").read_text())["final"]["train/loss"] is None
+    assert check_record(_record(cfg))["final"]["train/loss"] is None
     assert not (_record(cfg).parent / ".partial").exists()
     assert train.train(cfg)["status"] == "diverged"
 
@@ -240,7 +236,7 @@ def _smoke_runs_write_valid_records(experiments: list[str], results_dir: Path) -
         assert info["profile"] == "smoke" and info["data"]["synthetic"] is True, experiment
         assert info["epochs_done"] == 2 and info["device"]["type"] == "cpu"
         record = _record(cfg)
-        assert len(_metrics(record)) == 2 and (record / "config.yaml").exists()
+        assert check_record(record) == info and len(_metrics(record)) == 2
         assert all(math.isfinite(v) for v in info["final"].values() if isinstance(v, float))
 
 

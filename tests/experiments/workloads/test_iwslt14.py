@@ -1,210 +1,43 @@
-"""The fairseq MoMo plugin and the IWSLT14 glue: loss bookkeeping, real fairseq-train runs on a generated
-corpus, the recipe's command line, the record converter and the data preparation."""
+"""The IWSLT14 workload: its fairseq command lines, the record converter (with the same step statistics
+as the training loop), the data preparation, and runs through `experiments.train` whose records pass the
+schema check of every record."""
 
 from __future__ import annotations
 
-import copy
 import csv
 import importlib.util
 import io
 import json
 import math
 import os
-import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.config_store import ConfigStore
-from omegaconf import OmegaConf
+from _toy_task import compose_config
+from record_schema import check_record
 
 from experiments.data import DatasetNotFoundError
-from experiments.workloads.iwslt14 import runner as iwslt14
-from momo import MomoAdam
+from experiments.runner import loop, records, train
+from experiments.workloads.iwslt14 import commands, convert, data
 
-pytestmark = pytest.mark.skipif(
+needs_fairseq = pytest.mark.skipif(
     importlib.util.find_spec("fairseq") is None, reason="needs fairseq: scripts/install_fairseq.sh"
 )
-
-REPO = Path(__file__).resolve().parents[3]
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
-        return compose("train", overrides=["experiment=iwslt14", *overrides])
+    return compose_config("experiment=iwslt14", *overrides)
 
 
-# --------------------------------------------------------------------------- loss bookkeeping
-
-
-def _plugin():
-    """The plugin, imported without leaving fairseq's schemas in Hydra's global ConfigStore: importing
-    fairseq stores its own `optimizer/adam`, `task`, ... nodes there, which would clash with our configs
-    when any later test in this process composes them."""
-    store = ConfigStore.instance()
-    pristine = copy.deepcopy(store.repo)
-    import experiments.workloads.iwslt14.fairseq_plugin as plugin
-
-    store.repo = pristine
-    return plugin
-
-
-def _wrapper(model: torch.nn.Module, lr: float = 1e-2):
-    plugin = _plugin()
-    cfg = OmegaConf.structured(plugin.FairseqMomoAdamConfig(lr=[lr], adam_betas="(0.9, 0.98)"))
-    return plugin.FairseqMomoAdam(cfg, list(model.parameters()))
-
-
-def _fairseq_update(opt, model, batches) -> None:
-    """What fairseq's Trainer.train_step does: summed losses, backward per micro-batch, then one
-    multiply_grads by 1/sample_size and a step without the loss."""
-    opt.zero_grad()
-    sample_size = 0
-    for x, y in batches:
-        opt.backward(torch.nn.functional.mse_loss(model(x), y, reduction="sum"))
-        sample_size += y.numel()
-    opt.multiply_grads(1.0 / sample_size)
-    opt.step()
-
-
-@pytest.mark.parametrize("update_freq", [1, 3])
-def test_fairseq_momo_sees_the_mean_loss_of_its_gradient(update_freq):
-    torch.manual_seed(0)
-    model = torch.nn.Linear(4, 1)
-    reference = copy.deepcopy(model)
-    batches = [(torch.randn(5, 4), torch.randn(5, 1)) for _ in range(update_freq)]
-    opt = _wrapper(model)
-    seen = []
-    opt.optimizer.step = lambda loss, _step=opt.optimizer.step: seen.append(loss) or _step(
-        loss=loss
-    )
-
-    _fairseq_update(opt, model, batches)
-
-    # The same update done by hand: the mean loss over every sample of the update and its gradient.
-    ref_opt = MomoAdam(reference.parameters(), lr=1e-2, betas=(0.9, 0.98))
-    x, y = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
-    mean_loss = torch.nn.functional.mse_loss(reference(x), y)
-    mean_loss.backward()
-    ref_opt.step(loss=mean_loss)
-    torch.testing.assert_close(seen[0], mean_loss.detach())
-    for p, q in zip(model.parameters(), reference.parameters(), strict=True):
-        torch.testing.assert_close(p, q)
-    assert opt._loss is None  # consumed by the step, not carried into the next update
-
-
-def test_fairseq_momo_zero_grad_drops_the_pending_loss():
-    model = torch.nn.Linear(2, 1)
-    opt = _wrapper(model)
-    opt.backward(model(torch.ones(3, 2)).sum())  # e.g. fairseq's OOM recovery zeroes the grads
-    opt.zero_grad()
-    with pytest.raises(RuntimeError, match="fp16"):
-        opt.step()
-
-
-def test_fairseq_momo_state_dict_keeps_the_update_count():
-    model = torch.nn.Linear(2, 1)
-    opt = _wrapper(model)
-    _fairseq_update(opt, model, [(torch.ones(3, 2), torch.zeros(3, 1))])
-    restored = _wrapper(torch.nn.Linear(2, 1))
-    restored.load_state_dict(opt.state_dict())
-    assert restored._num_updates == 1
-    saved, loaded = opt.optimizer.state_dict()["state"], restored.optimizer.state_dict()["state"]
-    assert loaded.keys() == saved.keys() and len(saved) > 0
-
-
-# --------------------------------------------------------------------------- real fairseq-train runs
-
-
-@pytest.fixture(scope="module")
-def tiny_data_bin(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("corpus")
-    iwslt14.write_synthetic_corpus(root / "text", n_train=200, n_eval=20)
-    return iwslt14.binarize(root / "text", root / "bin")
-
-
-def _fairseq_train(data_bin: Path, work: Path, *args: str) -> subprocess.CompletedProcess:
-    command = [
-        str(Path(sys.executable).parent / "fairseq-train"),
-        str(data_bin),
-        *("--user-dir", str(iwslt14.PLUGIN_DIR), "--arch", "transformer"),
-        *("--encoder-layers", "1", "--decoder-layers", "1"),
-        *("--encoder-embed-dim", "32", "--decoder-embed-dim", "32"),
-        *("--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64"),
-        *("--encoder-attention-heads", "2", "--decoder-attention-heads", "2"),
-        *("--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"),
-        *("--lr", "1e-3", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "3"),
-        *(
-            "--max-tokens",
-            "400",
-            "--max-update",
-            "6",
-            "--log-format",
-            "json",
-            "--log-interval",
-            "1",
-        ),
-        *(
-            "--save-dir",
-            str(work / "ck"),
-            "--no-save",
-            "--cpu",
-            "--num-workers",
-            "0",
-            "--seed",
-            "1",
-        ),
-        *args,
-    ]
-    env = iwslt14._subprocess_env() | {"OMP_NUM_THREADS": "1"}
-    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
-
-
-@pytest.mark.parametrize(
-    ("optimizer", "update_freq"), [("momo_adam", "1"), ("momo_adam_star", "2")]
-)
-def test_fairseq_train_momo_adam_records_step_sizes(
-    tiny_data_bin, tmp_path, optimizer, update_freq
-):
-    trace_file = tmp_path / "trace.csv"
-    result = _fairseq_train(
-        tiny_data_bin,
-        tmp_path,
-        *("--optimizer", optimizer, "--adam-betas", "(0.9, 0.98)", "--weight-decay", "1e-4"),
-        *("--update-freq", update_freq, "--momo-trace", str(trace_file)),
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
-
-    trace = iwslt14.read_step_trace(trace_file)
-    assert [r["update"] for r in trace] == [1, 2, 3, 4, 5, 6]
-    assert all(math.isfinite(r["loss"]) and r["loss"] > 0 for r in trace)
-    assert all(
-        r["step_size"] > 0 and r["adaptive_step"] > 0 for r in trace[1:]
-    )  # lr is 0 at update 1
-    assert all(r["step_size"] <= r["lr"] / (1 - 0.9 ** r["update"]) * (1 + 1e-6) for r in trace)
-    # The loss MoMo stepped on is the mean loss fairseq logs for that update (in bits there).
-    log = iwslt14.read_fairseq_log(result.stdout + result.stderr)
-    logged = {int(r["num_updates"]): r for r in log["train_inner"]}
-    for row in trace:
-        assert row["loss"] / math.log(2) == pytest.approx(
-            logged[int(row["update"])]["loss"], abs=2e-3
-        )
-        assert "step_size" in logged[int(row["update"])]
-    has_lb = all(math.isfinite(r["lb_estimate"]) for r in trace)
-    assert has_lb == optimizer.endswith("_star")
-
-
-# --------------------------------------------------------------------------- the IWSLT14 glue
+# --------------------------------------------------------------------------- command lines
 
 
 def test_iwslt14_train_command_follows_the_recipe(tmp_path):
     cfg = _compose("optimizer=adam", "optimizer.lr=5e-4", "fairseq.dropout=0.1")
-    command = iwslt14.train_command(cfg, tmp_path / "bin", tmp_path / "work")
+    command = commands.train_command(cfg, tmp_path / "bin", tmp_path / "work")
     joined = " ".join(command)
     for expected in (
         "--arch transformer_iwslt_de_en --share-decoder-input-output-embed",
@@ -218,21 +51,52 @@ def test_iwslt14_train_command_follows_the_recipe(tmp_path):
     ):
         assert expected in joined
     assert "--momo-trace" not in command
-    momo = iwslt14.train_command(_compose(), tmp_path / "bin", tmp_path / "work")
+    momo = commands.train_command(_compose(), tmp_path / "bin", tmp_path / "work")
     assert momo[momo.index("--optimizer") + 1] == "momo_adam_star"
     assert momo[momo.index("--momo-trace") + 1] == str(tmp_path / "work" / "momo_trace.csv")
+    assert "--max-update" not in momo  # the default profile trains whole epochs
+    smoke = commands.train_command(_compose("profile=smoke"), tmp_path / "bin", tmp_path / "work")
+    assert smoke[smoke.index("--max-update") + 1] == "6"  # 2 epochs of at most 3 updates
+    assert smoke[smoke.index("--arch") + 1] == "transformer"  # configs/sizes/smoke_iwslt14.yaml
+    assert smoke[smoke.index("--encoder-layers") + 1] == "1"
 
 
-def test_iwslt14_missing_dataset_names_the_preparation_command(tmp_path):
-    with pytest.raises(DatasetNotFoundError, match=r"scripts/prepare_iwslt14\.sh") as error:
-        iwslt14.check_data(tmp_path / "iwslt14" / "data-bin", tmp_path)
-    assert "de-en.tgz" in str(error.value)
-    cfg = _compose(f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path}", "device=cpu")
-    with pytest.raises(DatasetNotFoundError):
-        iwslt14.run(cfg)
-    (record,) = (tmp_path / "results" / "runs" / "iwslt14").glob("[0-9a-f]*")
-    run_json = json.loads((record / "run.json").read_text())
-    assert run_json["status"] == "failed" and "prepare_iwslt14.sh" in run_json["error"]
+def test_iwslt14_rejects_what_fairseq_cannot_run_before_writing(tmp_path):
+    for override, message in (("optimizer=sgd_m", "no fairseq counterpart"), ("amp=bf16", "fp32")):
+        cfg = _compose(override, f"results_dir={tmp_path}")
+        with pytest.raises(ValueError, match=message):
+            train.train(cfg)
+    assert not any(tmp_path.rglob("*"))
+
+
+# --------------------------------------------------------------------------- fairseq output -> records
+
+# lr 0.25 caps the adaptive steps 0.5 and 1.0: half of these steps are capped (tau < t1)
+STEPS = [(0.125, 0.125, -1.0), (0.25, 0.5, -0.5), (0.0625, 0.0625, -0.25), (0.25, 1.0, 0.0)]
+
+
+def test_step_statistics_are_the_same_in_the_loop_and_the_iwslt14_converter() -> None:
+    """One trace through the training loop's step log and through the fairseq converter."""
+    steps = loop.StepLog(epoch=1)
+    for step, (tau, t1, lb) in enumerate(STEPS, 1):
+        group = {"lr": 0.25, "step_size": torch.tensor(tau), "adaptive_step": torch.tensor(t1)}
+        group["lb_estimate"] = torch.tensor(lb)
+        steps.record(step, torch.tensor(1.0), group, torch.tensor(1.0))
+    in_loop = {k: v for k, v in steps.finish().summary().items() if k.startswith("optim/")}
+    fairseq_log = {
+        "train_inner": [],
+        "valid": [],
+        "train": [{"epoch": 1.0, "train_loss": 1.0, "train_lr": 0.25, "train_num_updates": 4.0}],
+    }
+    trace = [
+        {"step": float(u), "lr": 0.25, "step_size": tau, "adaptive_step": t1, "lb_estimate": lb}
+        for u, (tau, t1, lb) in enumerate(STEPS, 1)
+    ]
+    (row,) = convert.epoch_metrics(fairseq_log, trace)
+    in_iwslt = {k: v for k, v in row.items() if k.startswith("optim/")}
+    assert in_loop["optim/cap_fraction"] == 0.5  # tau < t1: the cap bound
+    assert in_loop["optim/step_size_median"] == 0.1875  # the mean of the two middle values
+    assert in_iwslt == in_loop
 
 
 def test_iwslt14_converter_reads_fairseq_logs():
@@ -246,10 +110,10 @@ def test_iwslt14_converter_reads_fairseq_logs():
             "Generate test with beam=5: BLEU4 = 34.41, 67.5/46.9/34.4/25.5 (BP=1.000)",
         ]
     )
-    log = iwslt14.read_fairseq_log(text)
+    log = convert.read_fairseq_log(text)
     steps = [
         {
-            "update": 1.0,
+            "step": 1.0,
             "lr": 1e-4,
             "step_size": 1e-4,
             "adaptive_step": 0.5,
@@ -257,7 +121,7 @@ def test_iwslt14_converter_reads_fairseq_logs():
             "loss": 3.0,
         },
         {
-            "update": 2.0,
+            "step": 2.0,
             "lr": 2e-4,
             "step_size": 0.1,
             "adaptive_step": 0.1,
@@ -265,27 +129,26 @@ def test_iwslt14_converter_reads_fairseq_logs():
             "loss": 2.5,
         },
     ]
-    (row,) = iwslt14.epoch_metrics(log, steps)
-    assert row["epoch"] == 0 and row["val/loss"] == 4.5 and row["val/score"] == 3.25
-    assert row["optim/cap_fraction"] == 1.0 and row["optim/lb_estimate"] == 1.0
-    assert iwslt14.parse_bleu(text) == 34.41
-    fallback = iwslt14.trace_rows(log, [], max_rows=10)  # Adam: fairseq's own log lines
-    assert [(r["step"], r["lr"], r["epoch"]) for r in fallback] == [(1, 1e-4, 0), (2, 2e-4, 0)]
-    assert len(iwslt14.trace_rows(log, steps * 10, max_rows=5)) == 5
+    (row,) = convert.epoch_metrics(log, steps)
+    assert row["epoch"] == 1 and row["val/loss"] == 4.5 and row["val/score"] == 3.25
+    assert row["optim/cap_fraction"] == 0.5 and "optim/lb_estimate" not in row  # one step has none
+    assert convert.parse_bleu(text) == 34.41
+    fallback = convert.trace_rows(log, [], max_rows=10)  # Adam: fairseq's own log lines
+    assert [(r["step"], r["lr"], r["epoch"]) for r in fallback] == [(1, 1e-4, 1), (2, 2e-4, 1)]
+    assert len(convert.trace_rows(log, steps * 10, max_rows=5)) == 5
 
 
-def test_iwslt14_plot_draws_schedule_and_adaptive_steps():
-    pd = pytest.importorskip("pandas")
-    import matplotlib
+# --------------------------------------------------------------------------- data
 
-    matplotlib.use("Agg")
-    trace = pd.DataFrame(
-        {"step": [1, 2, 3], "lr": [1e-4, 2e-4, 3e-4], "adaptive_step": [1e-2, 1e-3, float("nan")]}
-    )
-    ax = iwslt14.plot_schedule_and_steps(trace)
-    (line,) = ax.get_lines()
-    assert line.get_color() == "black" and list(line.get_ydata()) == [1e-4, 2e-4, 3e-4]
-    assert len(ax.collections[0].get_offsets()) == 2  # the NaN step has no dot
+
+def test_iwslt14_missing_dataset_names_the_preparation_command_and_writes_nothing(tmp_path):
+    with pytest.raises(DatasetNotFoundError, match=r"scripts/prepare_iwslt14\.sh") as error:
+        data.check_data(tmp_path / "iwslt14" / "data-bin", tmp_path)
+    assert "de-en.tgz" in str(error.value)
+    cfg = _compose(f"results_dir={tmp_path / 'results'}", f"data_dir={tmp_path}", "device=cpu")
+    with pytest.raises(DatasetNotFoundError):
+        train.train(cfg)  # as the training loop: missing data raise before anything is written
+    assert not (tmp_path / "results").exists()
 
 
 def _xml(segments: list[str]) -> str:
@@ -293,6 +156,7 @@ def _xml(segments: list[str]) -> str:
     return f"<mteval>\n<doc>\n{body}\n</doc>\n</mteval>\n"
 
 
+@needs_fairseq
 def test_iwslt14_prepare_follows_fairseq_script(tmp_path):
     german = [f"Das ist Satz Nummer {i}." for i in range(46)]
     english = [f"This is sentence number {i}." for i in range(46)]
@@ -304,18 +168,18 @@ def test_iwslt14_prepare_follows_fairseq_script(tmp_path):
         + "\n"
         for lang, lines in (("de", german), ("en", english))
     }
-    for name in iwslt14.TEST_SETS:
+    for name in data.TEST_SETS:
         files[f"de-en/{name}.de-en.de.xml"] = _xml(["Hallo Welt", "Wie geht’s"])
         files[f"de-en/{name}.de-en.en.xml"] = _xml(["Hello world", "How are you"])
     archive = tmp_path / "de-en.tgz"
     with tarfile.open(archive, "w:gz") as tar:
         for name, text in files.items():
-            data = text.encode()
+            content = text.encode()
             info = tarfile.TarInfo(name)
-            info.size = len(data)
-            tar.addfile(info, io.BytesIO(data))
+            info.size = len(content)
+            tar.addfile(info, io.BytesIO(content))
 
-    data_bin = iwslt14.prepare(tmp_path / "data", archive=archive, bpe_tokens=50)
+    data_bin = data.prepare(tmp_path / "data", archive=archive, bpe_tokens=50)
 
     text = tmp_path / "data" / "iwslt14" / "iwslt14.tokenized.de-en"
     plain = {f.name: f.read_text().replace("@@ ", "").splitlines() for f in text.glob("*.??")}
@@ -324,19 +188,37 @@ def test_iwslt14_prepare_follows_fairseq_script(tmp_path):
     assert len(plain["train.de"]) == 45 and plain["train.de"][0] == "ein titel"
     assert plain["test.de"][:2] == ["hallo welt", "wie geht &apos; s"]  # Moses splits it for German
     assert len(plain["test.en"]) == 10
-    assert iwslt14.check_data(data_bin) == data_bin
+    assert data.check_data(data_bin) == data_bin
 
 
+# --------------------------------------------------------------------------- runs
+
+
+@needs_fairseq
+def test_iwslt14_failed_run_is_recorded_and_returned_so_a_multirun_goes_on(tmp_path):
+    """fairseq-train fails (an option it does not know): the run records the failure with its traceback,
+    in the format of every record, and returns it instead of raising, as the training loop does."""
+    cfg = _compose("profile=smoke", f"results_dir={tmp_path}", "fairseq.extra_args=[--bogus]")
+    info = train.train(cfg)
+    assert info["status"] == "failed" and "--bogus" in info["error"]
+    assert check_record(records.run_paths(cfg).record) == info
+
+
+@needs_fairseq
 @pytest.mark.slow
 def test_iwslt14_smoke_run_writes_a_record(tmp_path):
     cfg = _compose("profile=smoke", f"results_dir={tmp_path}", "fairseq.update_freq=2")
-    record = iwslt14.run(cfg)
-    run_json = json.loads((record / "run.json").read_text())
-    assert run_json["status"] == "completed" and run_json["score_name"] == "bleu"
-    assert run_json["data"]["synthetic"] is True and run_json["epochs_done"] == 2
+    info = train.train(cfg)
+    record = records.run_paths(cfg).record
+    assert check_record(record) == info
+    assert info["status"] == "completed" and info["score_name"] == "bleu"
+    assert info["data"]["synthetic"] is True and info["epochs_done"] == 2
+    assert info["device"] == {"type": "cpu", "name": "cpu", "world_size": 1, "amp": "none"}
     metrics = [json.loads(line) for line in (record / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(metrics[-1]["val/loss"]) and "test/score" in metrics[-1]
+    assert 0.0 <= metrics[-1]["optim/cap_fraction"] <= 1.0
     with (record / "trace.csv").open() as f:
         trace = list(csv.DictReader(f))
     assert len(trace) == 4 and all(float(r["adaptive_step"]) > 0 for r in trace)
-    assert iwslt14.run(cfg) == record  # finished: a rerun returns at once
+    assert [int(r["epoch"]) for r in trace] == [1, 1, 2, 2]
+    assert train.train(cfg) == info  # finished: a rerun returns at once

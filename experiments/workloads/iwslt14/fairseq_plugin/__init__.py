@@ -1,4 +1,4 @@
-"""MoMo optimizers for fairseq, loaded with ``fairseq-train --user-dir experiments/fairseq_plugin``.
+"""MoMo optimizers for fairseq: ``fairseq-train --user-dir experiments/workloads/iwslt14/fairseq_plugin``.
 
 Registers four fairseq optimizers that wrap the ``momo`` package:
 
@@ -9,8 +9,9 @@ Registers four fairseq optimizers that wrap the ``momo`` package:
 - ``momo_adam_star``: ``MomoAdam(use_fstar=True)``, same options
 
 ``--adam-betas``/``--adam-eps`` keep fairseq's Adam spelling, so an Adam and a MoMo-Adam command line
-differ only in ``--optimizer``. ``--momo-trace FILE`` writes one CSV row per update (``update, lr,
-step_size, adaptive_step, lb_estimate, loss``); the step sizes are also logged to fairseq's metrics
+differ only in ``--optimizer``. ``--momo-trace FILE`` writes one CSV row per update in the columns of the
+suite's trace.csv (``step, epoch, loss, lr, step_size, adaptive_step, lb_estimate``; the epoch is left
+empty for the record converter to fill in); the step sizes are also logged to fairseq's metrics
 (``step_size``, ``adaptive_step``, ``lb_estimate``), so they appear in ``train_inner`` / ``train`` logs.
 
 Where the loss comes from

@@ -16,16 +16,19 @@ from fairseq.dataclass import FairseqDataclass
 from fairseq.optim import OPTIMIZER_REGISTRY, FairseqOptimizer, register_optimizer
 from omegaconf import II, OmegaConf
 
+from experiments.runner.diagnostics import TRACE_COLUMNS
 from momo import Momo, MomoAdam
 
 logger = logging.getLogger(__name__)
 
-TRACE_COLUMNS = ("update", "lr", "step_size", "adaptive_step", "lb_estimate", "loss")
+# The values of a trace row after its step and (empty) epoch: fairseq's log says which update ends an
+# epoch, so the record converter fills the epoch in (experiments/workloads/iwslt14/convert.py).
+_VALUES = TRACE_COLUMNS[2:]
 
 _NO_LOSS = (
     "MoMo got no loss for this update: optimizer.backward(loss) was not called on the MoMo wrapper. "
     "fairseq's --fp16/--bf16/--memory-efficient-fp16/--amp wrappers call loss.backward() themselves "
-    "and never pass the loss on; MoMo runs in fp32 only (see experiments/fairseq_plugin/__init__.py)."
+    "and never pass the loss on; MoMo runs in fp32 only (see experiments/workloads/iwslt14/fairseq_plugin/__init__.py)."
 )
 
 
@@ -35,9 +38,7 @@ _NO_LOSS = (
 class _TraceConfig(FairseqDataclass):
     momo_trace: Optional[str] = field(  # noqa: UP045
         default=None,
-        metadata={
-            "help": "CSV file for one row per update: update, lr, step_size, adaptive_step, ..."
-        },
+        metadata={"help": "CSV file for one row per update: step, epoch, loss, lr, step_size, ..."},
     )
     momo_trace_flush: int = field(
         default=100, metadata={"help": "write the buffered trace rows every this many updates"}
@@ -98,7 +99,8 @@ class StepTrace:
             if new_file:
                 writer.writerow(TRACE_COLUMNS)
             for (update, _), row in zip(rows, values, strict=True):
-                writer.writerow([update, *("" if v != v else repr(v) for v in row)])  # NaN: no lb
+                # NaN: a diagnostic the optimizer does not have (MoMo's lb estimate)
+                writer.writerow([update, "", *("" if v != v else repr(v) for v in row)])
 
 
 class _FairseqMomoBase(FairseqOptimizer):
@@ -157,13 +159,14 @@ class _FairseqMomoBase(FairseqOptimizer):
         if lb_estimate is not None:
             metrics.log_scalar("lb_estimate", lb_estimate, weight=1, round=6)
         if self._trace is not None:
-            row = [group["lr"], step_size, adaptive_step, lb_estimate, loss]
+            row = {"loss": loss, "lr": group["lr"], "step_size": step_size}
+            row |= {"adaptive_step": adaptive_step, "lb_estimate": lb_estimate}
             values = torch.stack(
                 [
-                    torch.as_tensor(float("nan") if v is None else v, dtype=torch.float64).to(
+                    torch.as_tensor(float("nan") if row[key] is None else row[key]).to(
                         step_size.device, torch.float64
                     )
-                    for v in row
+                    for key in _VALUES
                 ]
             )
             self._trace.append(self._num_updates, values)
@@ -243,7 +246,7 @@ OPTIMIZERS = {
 
 def register() -> None:
     """Add the optimizers to fairseq's registry. Idempotent, so this module may be imported both as
-    ``experiments.fairseq_plugin`` and as fairseq's ``--user-dir`` module ``fairseq_plugin``."""
+    ``experiments.workloads.iwslt14.fairseq_plugin`` and as fairseq's ``--user-dir`` module ``fairseq_plugin``."""
     for name, (cls, config) in OPTIMIZERS.items():
         if name not in OPTIMIZER_REGISTRY:
             register_optimizer(name, dataclass=config)(cls)
