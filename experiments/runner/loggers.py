@@ -11,27 +11,25 @@ from __future__ import annotations
 import logging
 import os
 from types import TracebackType
-from typing import Any
+from typing import Any, Protocol
 
 log = logging.getLogger(__name__)
 
 
-class NullLogger:
-    """Logs nothing (`logger=none`); the run record is the source of truth either way."""
-
-    def __init__(self, *, config: dict, group: str, name: str) -> None:
-        self.config, self.group, self.name = config, group, name
+class Logger(Protocol):
+    """What the runner asks of a logger. A class that subclasses it gets the context-manager methods:
+    leaving the `with` block calls `finish`, with exit code 1 when an exception is passing through."""
 
     def log_epoch(self, row: dict[str, Any], trace: list[dict[str, Any]]) -> None:
         """One metrics.jsonl row and the epoch's trace.csv rows."""
 
     def log_summary(self, info: dict[str, Any]) -> None:
-        pass
+        """The run's run.json, once, at the end."""
 
     def finish(self, exit_code: int = 0) -> None:
-        pass
+        """Close the run; called on leaving the `with` block."""
 
-    def __enter__(self) -> NullLogger:
+    def __enter__(self) -> Logger:
         return self
 
     def __exit__(
@@ -43,7 +41,23 @@ class NullLogger:
         self.finish(exit_code=0 if exc_type is None else 1)
 
 
-class WandbLogger(NullLogger):
+class NullLogger(Logger):
+    """Logs nothing (`logger=none`); the run record is the source of truth either way."""
+
+    def __init__(self, *, config: dict, group: str, name: str) -> None:
+        self.config, self.group, self.name = config, group, name
+
+    def log_epoch(self, row: dict[str, Any], trace: list[dict[str, Any]]) -> None:
+        pass
+
+    def log_summary(self, info: dict[str, Any]) -> None:
+        pass
+
+    def finish(self, exit_code: int = 0) -> None:
+        pass
+
+
+class WandbLogger(Logger):
     """Weights & Biases: config, per-epoch metrics (x axis: epoch), the thinned per-step trace of the step
     sizes as `trace/*` (x axis: trace/step) and the run's final summary.
 
@@ -65,7 +79,6 @@ class WandbLogger(NullLogger):
     ) -> None:
         import wandb  # the import costs ~1 s; only runs that log pay it
 
-        super().__init__(config=config, group=group, name=name)
         self._run = wandb.init(
             project=project,
             entity=entity,

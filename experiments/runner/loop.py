@@ -41,8 +41,10 @@ class Run:
     """Everything a run trains with; built once by experiments.runner.train."""
 
     task: Task
-    net: torch.nn.Module  # the bare model: evaluation, norms, checkpoints
-    model: torch.nn.Module  # what the loss is computed with (DDP-wrapped under torchrun)
+    model: torch.nn.Module  # the bare model: evaluation, norms, checkpoints, artefacts
+    ddp_model: (
+        torch.nn.Module
+    )  # what the loss is computed with: DDP's wrapper under torchrun, else model
     optimizer: torch.optim.Optimizer
     scheduler: LRScheduler
     schedule_interval: str  # "epoch" (the paper's protocol) or "step"
@@ -86,7 +88,7 @@ def fit(
         steps, diverged = train_epoch(run, epoch, first_step=state.step + 1)
         if run.schedule_interval == "epoch":
             run.scheduler.step()
-        row = {"epoch": epoch, **evaluate(run), "lr": float(lr), "model_norm": _norm(run.net)}
+        row = {"epoch": epoch, **evaluate(run), "lr": float(lr), "model_norm": _norm(run.model)}
         row |= steps.summary()
         row["time_s"] = time.perf_counter() - start
         state.epoch, state.step = epoch, state.step + steps.count
@@ -103,7 +105,7 @@ def fit(
 def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
     """One pass over the task's training batches; returns the step log and whether the loss went
     non-finite (the epoch stops at the first trace point after that)."""
-    run.net.train()
+    run.model.train()
     steps = StepLog(epoch)
     batches = itertools.islice(run.task.train_batches(run.generator), run.batches_per_epoch)
     if run.progress:
@@ -113,7 +115,7 @@ def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
             batch = distributed.shard(batch, run.dist)
         closure = functools.partial(_closure, run, batch)
         loss = run.optimizer.step(closure)
-        steps.record(step, loss.detach(), run.optimizer.param_groups[0], _grad_norm(run.net))
+        steps.record(step, loss.detach(), run.optimizer.param_groups[0], _grad_norm(run.model))
         if run.schedule_interval == "step":
             run.scheduler.step()
         if (step - 1) % run.trace_every == 0 and steps.trace_point(step, run.dist):
@@ -124,7 +126,7 @@ def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
 def _closure(run: Run, batch: Any) -> torch.Tensor:
     run.optimizer.zero_grad(set_to_none=True)
     with run.autocast():
-        loss = run.task.loss(run.model, batch)
+        loss = run.task.loss(run.ddp_model, batch)
     loss.backward()
     return loss
 
@@ -132,13 +134,13 @@ def _closure(run: Run, batch: Any) -> torch.Tensor:
 def evaluate(run: Run) -> dict[str, float]:
     """The task's metrics on the training and validation sets, as `split/metric` keys; the model is in
     eval mode for it and back in train mode after it."""
-    run.net.eval()
+    run.model.eval()
     row = {}
     with torch.no_grad(), run.autocast():
         for split in SPLITS:
-            metrics = evaluate_split(run.task, run.net, split, run.max_eval_batches, run.dist)
+            metrics = evaluate_split(run.task, run.model, split, run.max_eval_batches, run.dist)
             row |= {f"{split}/{key}": value for key, value in metrics.items()}
-    run.net.train()
+    run.model.train()
     return row
 
 
@@ -231,14 +233,14 @@ class StepLog:
 
 
 @torch.no_grad()
-def _grad_norm(net: torch.nn.Module) -> torch.Tensor:
-    grads = [p.grad for p in net.parameters() if p.grad is not None]
+def _grad_norm(model: torch.nn.Module) -> torch.Tensor:
+    grads = [p.grad for p in model.parameters() if p.grad is not None]
     return torch.nn.utils.get_total_norm(grads).float()
 
 
 @torch.no_grad()
-def _norm(net: torch.nn.Module) -> float:
-    return torch.nn.utils.get_total_norm(list(net.parameters())).item()
+def _norm(model: torch.nn.Module) -> float:
+    return torch.nn.utils.get_total_norm(list(model.parameters())).item()
 
 
 def _log_epoch(row: dict, epochs: int, ctx: DistContext) -> None:
@@ -261,7 +263,7 @@ def snapshot(run: Run, state: TrainState) -> dict[str, Any]:
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
         "state": asdict(state),
-        "model": run.net.state_dict(),
+        "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "rng": rng,
@@ -269,7 +271,7 @@ def snapshot(run: Run, state: TrainState) -> dict[str, Any]:
 
 
 def restore(run: Run, checkpoint: dict[str, Any]) -> TrainState:
-    run.net.load_state_dict(checkpoint["model"])
+    run.model.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     rng = checkpoint["rng"]

@@ -28,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 from experiments.layout import CONFIG_DIR
 from experiments.runner import distributed, loop, optim, records
 from experiments.runner.distributed import DistContext
-from experiments.runner.loggers import NullLogger
+from experiments.runner.loggers import Logger, NullLogger
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +88,8 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
         torch.cuda.set_device(device)
     task = hydra.utils.instantiate(cfg.task, data_dir=cfg.data_dir, synthetic=cfg.profile.synthetic)
     task.setup(device, ctx)
-    net = task.build_model()  # the task's fixed model_seed: the same init for every run
-    optimizer = optim.build_optimizer(cfg.optimizer, net.parameters())
+    model = task.build_model()  # the task's fixed model_seed: the same init for every run
+    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
     steps_per_epoch = loop.epoch_length(task, cfg.profile.max_train_batches)
     scheduler = optim.build_schedule(
         cfg.schedule, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch
@@ -98,8 +98,8 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
     total_steps = cfg.epochs * steps_per_epoch
     return loop.Run(
         task=task,
-        net=net,
-        model=distributed.wrap_model(net, ctx),
+        model=model,
+        ddp_model=distributed.wrap_model(model, ctx),
         optimizer=optimizer,
         scheduler=scheduler,
         schedule_interval=cfg.schedule.interval,
@@ -129,7 +129,7 @@ def resume(cfg: DictConfig, paths: records.RunPaths, run: loop.Run) -> loop.Trai
     return state
 
 
-def build_logger(cfg: DictConfig, ctx: DistContext) -> NullLogger:
+def build_logger(cfg: DictConfig, ctx: DistContext) -> Logger:
     """The configured logger on rank 0; the other ranks log nothing."""
     if not ctx.is_main:
         return NullLogger(config={}, group="", name="")
@@ -143,7 +143,7 @@ def run_epochs(
     paths: records.RunPaths,
     run: loop.Run,
     state: loop.TrainState,
-    logger: NullLogger,
+    logger: Logger,
 ) -> tuple[str, str | None]:
     """Runs the epoch loop; returns the status and, when it failed, the traceback."""
 
@@ -175,7 +175,7 @@ def run_info(
         higher_is_better=run.task.higher_is_better,
         wall_time_s=state.wall_time_s,
         device=records.device_info(
-            distributed.model_device(run.net), world_size=run.dist.world_size, amp=cfg.amp
+            distributed.model_device(run.model), world_size=run.dist.world_size, amp=cfg.amp
         ),
         data=run.task.data_info,
         error=error,
@@ -189,8 +189,8 @@ def finish_record(
     its checkpoint so that the rerun resumes from it."""
     artefacts = None
     if info["status"] == "completed":
-        run.net.eval()
-        artefacts = functools.partial(run.task.on_train_end, run.net)  # the bare model, not DDP's
+        run.model.eval()
+        artefacts = functools.partial(run.task.on_train_end, run.model)  # not DDP's wrapper
     where = records.write_record(
         paths, config=cfg, metrics=state.metrics, trace=state.trace, info=info, artefacts=artefacts
     )

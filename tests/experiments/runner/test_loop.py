@@ -34,15 +34,15 @@ def _run(
 ) -> loop.Run:
     task.setup(torch.device("cpu"))
     torch.manual_seed(seed)
-    net = task.build_model()
-    optimizer = optimizer_fn(net.parameters())
+    model = task.build_model()
+    optimizer = optimizer_fn(model.parameters())
     scheduler = (schedule or torch.optim.lr_scheduler.ConstantLR)(
         optimizer, factor=1.0, total_iters=0
     )
     return loop.Run(
         task=task,
-        net=net,
-        model=net,
+        model=model,
+        ddp_model=model,
         optimizer=optimizer,
         scheduler=scheduler,
         schedule_interval="epoch",
@@ -159,7 +159,7 @@ def test_evaluate_runs_in_eval_mode_without_gradients_and_returns_to_train_mode(
     run = _run(Watched(), _sgd)
     row = loop.evaluate(run)
     assert seen == [(False, False)] * 4  # two batches of each split
-    assert run.net.training
+    assert run.model.training
     assert set(row) == {"train/loss", "train/score", "val/loss", "val/score"}
     seen.clear()
     capped = _run(Watched(), _sgd, max_eval_batches=1)
@@ -170,10 +170,10 @@ def test_evaluate_runs_in_eval_mode_without_gradients_and_returns_to_train_mode(
 def test_evaluate_split_adds_the_batch_sums_and_divides_by_the_count() -> None:
     task = ToyTask()
     run = _run(task, _sgd)
-    run.net.eval()
+    run.model.eval()
     with torch.no_grad():
-        row = loop.evaluate_split(task, run.net, "val")
-        logits = run.net(task.x_val)
+        row = loop.evaluate_split(task, run.model, "val")
+        logits = run.model(task.x_val)
     assert row["loss"] == pytest.approx(
         torch.nn.functional.cross_entropy(logits, task.y_val).item()
     )
