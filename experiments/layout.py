@@ -100,27 +100,30 @@ class AggregatePaths:
     results_dir: Path
     experiment: str
 
+    def _named(self, suffix: str) -> Path:
+        return Path(self.results_dir) / f"{self.experiment}{suffix}"
+
     @property
     def table(self) -> Path:
-        """One row per run and epoch, as CSV."""
-        return Path(self.results_dir) / f"{self.experiment}.csv"
+        """One row per run and epoch, as CSV ..."""
+        return self._named(".csv")
 
     @property
     def parquet(self) -> Path:
-        """The same table as parquet (what the plots read)."""
-        return Path(self.results_dir) / f"{self.experiment}.parquet"
+        """... and as parquet (what the plots read)."""
+        return self._named(".parquet")
 
     @property
     def summary(self) -> Path:
-        return Path(self.results_dir) / f"{self.experiment}_summary.csv"
+        return self._named("_summary.csv")
 
     @property
     def trace(self) -> Path:
-        return Path(self.results_dir) / f"{self.experiment}_trace.parquet"
+        return self._named("_trace.parquet")
 
     @property
     def robustness(self) -> Path:
-        return Path(self.results_dir) / f"{self.experiment}_robustness.csv"
+        return self._named("_robustness.csv")
 
     @property
     def paper(self) -> Path:

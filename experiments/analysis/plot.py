@@ -38,7 +38,7 @@ from experiments.analysis.robustness import (
 
 log = logging.getLogger(__name__)
 
-# SPEC.md §5: the paper's method colours. Keys are optimizer names with '-' for '_'.
+# The paper's method colours (docs/experiments.md, Figures). Keys are optimizer names with '-' for '_'.
 COLOURS = {
     "momo": "#023047",
     "momo-adam": "#3F88C5",

@@ -17,7 +17,7 @@ from __future__ import annotations
 import abc
 import math
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -76,9 +76,16 @@ class Task(abc.ABC):
     data_dir: Path = Path("data")  # from the runner: where datasets are looked for
     synthetic: bool = False  # from the runner: stand-in data of the dataset's shapes, nothing read
     model_seed: int = PAPER_MODEL_SEED  # every run starts from the model this seed initialises
+    _device: torch.device = field(default=torch.device("cpu"), init=False, repr=False)  # setup's
 
     def __post_init__(self) -> None:
         self.data_dir = Path(self.data_dir).expanduser()
+
+    def check_positive(self, *fields: str) -> None:
+        """Raise ValueError naming the first of `fields` (sizes, counts) that is below 1."""
+        for name in fields:
+            if getattr(self, name) < 1:
+                raise ValueError(f"Invalid {name}: {getattr(self, name)} (must be >= 1)")
 
     @abc.abstractmethod
     def setup(self, device: torch.device, dist: DistContext | None = None) -> None:

@@ -60,7 +60,6 @@ class ImageClassification(Task):
     synthetic_n_train: int = 256
     synthetic_n_val: int = 128
     _data: ImageData | None = field(default=None, init=False, repr=False)
-    _device: torch.device = field(default=torch.device("cpu"), init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -71,9 +70,7 @@ class ImageClassification(Task):
             raise ValueError(
                 f"{self.dataset} has {channels} channels: mean {self.mean} and std {self.std} must match"
             )
-        for key in ("batch_size", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"Invalid {key}: {getattr(self, key)}")
+        self.check_positive("batch_size", "eval_batch_size")
         self.mean = tuple(float(m) for m in self.mean)
         self.std = tuple(float(s) for s in self.std)
 

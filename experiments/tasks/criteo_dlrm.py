@@ -82,13 +82,10 @@ class CriteoDLRM(Task):
     _splits: dict[str, criteo.CriteoArrays] = field(default_factory=dict, init=False, repr=False)
     _table_sizes: list[int] = field(default_factory=list, init=False, repr=False)
     _source: str = field(default="", init=False, repr=False)
-    _device: torch.device = field(default=torch.device("cpu"), init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("batch_size", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"Invalid {key}: {getattr(self, key)}")
+        self.check_positive("batch_size", "eval_batch_size")
         self.dense_arch_layer_sizes = list(self.dense_arch_layer_sizes)
         self.over_arch_layer_sizes = list(self.over_arch_layer_sizes)
         if self.dense_arch_layer_sizes[-1] != self.embedding_dim:

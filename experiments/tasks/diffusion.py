@@ -110,16 +110,15 @@ class DDPMDenoising(Task):
     synthetic_n_train: int = 32
     synthetic_n_val: int = 8
     noise_scheduler: DDPMScheduler = field(init=False, repr=False)
-    _device: torch.device = field(default=torch.device("cpu"), init=False, repr=False)
     _train_images: torch.Tensor | None = field(default=None, init=False, repr=False)
     _eval: dict[str, Batch] = field(default_factory=dict, init=False, repr=False)
     _source: str = field(default="", init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("batch_size", "eval_batch_size", "n_val", "train_eval_size", "sample_steps"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"Invalid {key}: {getattr(self, key)}")
+        self.check_positive(
+            "batch_size", "eval_batch_size", "n_val", "train_eval_size", "sample_steps"
+        )
         self.unet = dict(self.unet)
         self.noise_scheduler = DDPMScheduler(
             num_train_timesteps=self.num_train_timesteps, beta_schedule=self.beta_schedule

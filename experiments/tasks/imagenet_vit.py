@@ -151,7 +151,6 @@ class TimmImageNet(Task):
     train_eval_size: int = 50_000
     synthetic_n_train: int = 32
     synthetic_n_val: int = 16
-    _device: torch.device = field(default=torch.device("cpu"), init=False, repr=False)
     _dist: DistContext = field(default_factory=DistContext, init=False, repr=False)
     _tmp: tempfile.TemporaryDirectory | None = field(default=None, init=False, repr=False)
     _train_set: Dataset | None = field(default=None, init=False, repr=False)

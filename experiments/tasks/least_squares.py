@@ -63,13 +63,10 @@ class LeastSquares(Task):
     drop_last: bool = True
     optimal_value: float = field(default=0.0, init=False)
     _splits: dict[str, Batch] = field(default_factory=dict, init=False, repr=False)
-    _device: torch.device = field(default=torch.device("cpu"), init=False, repr=False)
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for key in ("batch_size", "eval_batch_size"):
-            if getattr(self, key) < 1:
-                raise ValueError(f"Invalid {key}: {getattr(self, key)}")
+        self.check_positive("batch_size", "eval_batch_size")
 
     def setup(self, device: torch.device, dist: DistContext | None = None) -> None:
         self._device = torch.device(device)
