@@ -37,7 +37,7 @@ install-torchrec: ## (re)install torchrec for DLRM into .venv (part of install)
 test: $(STAMP) ## every CPU test: the math, every smoke run, sweeps, local SLURM (offline; 11 min on 2 cores)
 	$(PY) -m pytest -m "not gpu"
 
-test-fast: $(STAMP) ## the quick subset for development (no slow, SLURM or GPU tests; ~2 min)
+test-fast: $(STAMP) ## the quick subset for development (no slow, SLURM or GPU tests; 3.5 min)
 	$(PY) -m pytest
 
 test-gpu: $(STAMP) ## the CUDA tests (needs a GPU)
