@@ -2,6 +2,9 @@
 
 Both are Hydra `_target_` + `_partial_: true` nodes. Keys that describe the choice rather than parametrise
 the constructor (`name`, and a schedule's `interval`) are dropped before instantiation.
+
+Which parameters weight decay applies to is the run's `weight_decay_exempt` (docs/design.md §3), not an
+optimizer hyperparameter: every optimizer takes the same param groups.
 """
 
 from __future__ import annotations
@@ -20,6 +23,8 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 log = logging.getLogger(__name__)
 
 _NOT_CONSTRUCTOR_ARGS = ("name", "interval")
+# weight_decay_exempt values: null (the default) gives one group whose every parameter decays
+WEIGHT_DECAY_EXEMPT = ("bias_and_norm",)
 
 
 def _instantiate_partial(node: DictConfig) -> Any:
@@ -31,10 +36,45 @@ def _instantiate_partial(node: DictConfig) -> Any:
 
 
 def build_optimizer(
-    node: DictConfig, params: Iterable[torch.nn.Parameter]
+    node: DictConfig,
+    model_or_params: torch.nn.Module | Iterable[torch.nn.Parameter],
+    *,
+    weight_decay_exempt: str | None = None,
 ) -> torch.optim.Optimizer:
-    """The optimizer of `node` over `params`; its constructor validates the hyperparameters."""
-    return _instantiate_partial(node)(params)
+    """The optimizer of `node` over a model's parameters (or a list of them); its constructor validates
+    the hyperparameters.
+
+    `weight_decay_exempt=None`: one param group, `node.weight_decay` on every parameter.
+    `"bias_and_norm"`: the param groups of timm's `create_optimizer_v2` (the recipe of the imagenet_vit
+    experiment), built by timm's own `param_groups_weight_decay`: weight decay 0 on biases, on every
+    parameter of at most one dimension (the norms' weights) and on the names that the model's
+    `no_weight_decay()` lists (a timm ViT's `pos_embed` and `cls_token`); `node.weight_decay` on the rest.
+    The decayed group comes first: the loop's step-size diagnostics are param group 0's.
+    """
+    factory = _instantiate_partial(node)
+    if weight_decay_exempt is None:
+        params = (
+            model_or_params.parameters()
+            if isinstance(model_or_params, torch.nn.Module)
+            else model_or_params
+        )
+        return factory(params)
+    if weight_decay_exempt not in WEIGHT_DECAY_EXEMPT:
+        raise ValueError(
+            f"Invalid weight_decay_exempt: {weight_decay_exempt!r} (null or "
+            f"{' or '.join(WEIGHT_DECAY_EXEMPT)})"
+        )
+    if not isinstance(model_or_params, torch.nn.Module):
+        raise TypeError("weight_decay_exempt needs the model (parameter names), not its parameters")
+    import timm.optim  # ~5 s of imports: only for the runs that ask for it
+
+    model = model_or_params
+    groups = timm.optim.param_groups_weight_decay(
+        model,
+        weight_decay=node.get("weight_decay", 0.0),
+        no_weight_decay_list=getattr(model, "no_weight_decay", set)(),
+    )
+    return factory(sorted(groups, key=lambda group: group["weight_decay"] == 0.0))
 
 
 def build_schedule(

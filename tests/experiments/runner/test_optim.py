@@ -1,0 +1,103 @@
+"""Optimizers and schedules from their configs (experiments.runner.optim): the weight-decay param groups of
+`weight_decay_exempt` against the groups timm builds."""
+
+from __future__ import annotations
+
+import pytest
+import timm
+import timm.optim
+import torch
+from _toy_task import compose_config
+from omegaconf import OmegaConf
+from torch import nn
+
+from experiments.runner import optim
+
+
+def _tiny_vit() -> nn.Module:
+    # a timm ViT has all three kinds of exempt parameters: biases, norm weights and no_weight_decay()
+    return timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, depth=1, img_size=32, num_classes=10
+    )
+
+
+def _groups_by_name(model: nn.Module, optimizer: torch.optim.Optimizer) -> list[tuple[float, set]]:
+    names = {id(p): name for name, p in model.named_parameters()}
+    return [
+        (group["weight_decay"], {names[id(p)] for p in group["params"]})
+        for group in optimizer.param_groups
+    ]
+
+
+def test_build_optimizer_bias_and_norm_builds_timms_param_groups() -> None:
+    model = _tiny_vit()
+    node = compose_config("experiment=imagenet_vit", "optimizer=adamw").optimizer
+    wd = node.weight_decay
+    ours = optim.build_optimizer(node, model, weight_decay_exempt="bias_and_norm")
+    timms = timm.optim.create_optimizer_v2(model, "adamw", lr=node.lr, weight_decay=wd)
+
+    decayed, exempt = _groups_by_name(model, ours)
+    assert decayed[0] == wd and exempt[0] == 0.0  # the decayed group first: the loop logs group 0
+    assert sorted(_groups_by_name(model, timms)) == sorted([decayed, exempt])
+    assert {"cls_token", "pos_embed", "norm.weight", "norm.bias", "head.bias"} <= exempt[1]
+    assert "blocks.0.norm1.weight" in exempt[1] and "blocks.0.attn.qkv.bias" in exempt[1]
+    assert {"patch_embed.proj.weight", "blocks.0.attn.qkv.weight", "head.weight"} <= decayed[1]
+    assert all(p.ndim >= 2 for group in ours.param_groups[:1] for p in group["params"])
+    assert len(decayed[1] | exempt[1]) == len(list(model.parameters()))
+
+
+def test_build_optimizer_bias_and_norm_applies_to_any_model() -> None:
+    """No timm model needed: a plain torch model's biases and norm weights are exempt (the 1-d ones)."""
+    model = nn.Sequential(nn.Linear(4, 8), nn.LayerNorm(8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    node = OmegaConf.create({"_target_": "torch.optim.AdamW", "_partial_": True, "name": "adamw",
+                             "lr": 0.1, "weight_decay": 0.5})  # fmt: skip
+    opt = optim.build_optimizer(node, model, weight_decay_exempt="bias_and_norm")
+    assert _groups_by_name(model, opt) == [
+        (0.5, {"0.weight", "3.weight"}),
+        (0.0, {"0.bias", "1.weight", "1.bias", "2.weight", "2.bias", "3.bias"}),
+    ]
+    # the default: one group, every parameter decays
+    (group,) = optim.build_optimizer(node, model).param_groups
+    assert group["weight_decay"] == 0.5 and len(group["params"]) == len(list(model.parameters()))
+
+
+def test_build_optimizer_exempt_parameters_are_not_decayed() -> None:
+    """A step with zero gradients is pure weight decay: AdamW shrinks the weights by (1 - lr * wd) and
+    leaves the exempt parameters alone."""
+    model = _tiny_vit()
+    cfg = compose_config("experiment=imagenet_vit", "optimizer=adamw")
+    opt = optim.build_optimizer(cfg.optimizer, model, weight_decay_exempt="bias_and_norm")
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    opt.step()
+    shrink = 1.0 - cfg.optimizer.lr * cfg.optimizer.weight_decay
+    for name, p in model.named_parameters():
+        expected = before[name] if p.ndim <= 1 or name in ("cls_token", "pos_embed") else (
+            before[name] * shrink
+        )  # fmt: skip
+        torch.testing.assert_close(p.detach(), expected, msg=name)
+
+
+def test_build_optimizer_momo_adam_steps_with_the_two_groups() -> None:
+    model = _tiny_vit()
+    cfg = compose_config("experiment=imagenet_vit")
+    opt = optim.build_optimizer(cfg.optimizer, model, weight_decay_exempt="bias_and_norm")
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    loss = model(images).logsumexp(dim=1).mean()
+    loss.backward()
+    opt.step(loss=loss)
+    decayed, exempt = opt.param_groups
+    assert (decayed["weight_decay"], exempt["weight_decay"]) == (0.02, 0.0)
+    assert decayed["step_size"] > 0 and exempt["step_size"] > 0
+
+
+def test_build_optimizer_rejects_an_unknown_exemption_and_a_parameter_list() -> None:
+    node = compose_config("experiment=imagenet_vit", "optimizer=adamw").optimizer
+    model = nn.Linear(2, 1)
+    with pytest.raises(
+        ValueError, match=r"Invalid weight_decay_exempt: 'norms' \(null or bias_and"
+    ):
+        optim.build_optimizer(node, model, weight_decay_exempt="norms")
+    with pytest.raises(TypeError, match="needs the model"):
+        optim.build_optimizer(node, model.parameters(), weight_decay_exempt="bias_and_norm")
