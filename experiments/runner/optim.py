@@ -94,11 +94,12 @@ def build_schedule(
 # Factors are partials of module functions, not lambdas: LambdaLR.state_dict() keeps a partial's
 # __dict__ (empty) and a checkpoint can be pickled; the partial itself is rebuilt from the config.
 def _cosine_factor(
-    t: int, *, warmup: int, total: int, start_factor: float, final_factor: float
+    t: int, *, warmup: int, total: int, start_factor: float, final_factor: float, prefix: bool
 ) -> float:
     if t < warmup:
         return start_factor + (1.0 - start_factor) * t / warmup
-    progress = min(t - warmup, total - warmup) / (total - warmup)
+    start = warmup if prefix else 0
+    progress = min(t - start, total - start) / (total - start)
     return final_factor + (1.0 - final_factor) * 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
@@ -107,28 +108,46 @@ def warmup_cosine(
     *,
     warmup: int,
     total: int,
-    start_factor: float = 0.01,
+    start_factor: float | None = 0.01,
+    start_lr: float | None = None,
     final_factor: float = 0.0,
+    warmup_prefix: bool = True,
 ) -> LRScheduler:
-    """Linear warmup from `start_factor * lr` over `warmup` intervals, then cosine decay to
-    `final_factor * lr` at interval `total` (relative to each group's lr, unlike CosineAnnealingLR's
-    absolute eta_min). A run shorter than its warmup (a smoke run) warms up over all but its last
-    interval."""
+    """Linear warmup over `warmup` intervals, then cosine decay to `final_factor * lr` at interval
+    `total` (relative to each group's lr, unlike CosineAnnealingLR's absolute eta_min).
+
+    The warmup starts from `start_factor * lr`, or from the absolute `start_lr` (timm's `warmup_lr`;
+    give one of the two). `warmup_prefix=True`: the cosine starts where the warmup ends (diffusers'
+    get_cosine_schedule_with_warmup); False: the cosine spans all `total` intervals and the warmup
+    replaces its first ones (timm's CosineLRScheduler, whose `warmup_prefix` defaults to False).
+    A run shorter than its warmup (a smoke run) warms up over all but its last interval."""
     if warmup < 0 or total < 1:
         raise ValueError(
             f"Invalid warmup or total: {warmup}, {total} (need warmup >= 0, total >= 1)"
         )
+    if (start_factor is None) == (start_lr is None):
+        raise ValueError(
+            f"Invalid warmup start: start_factor={start_factor}, start_lr={start_lr} (give one, "
+            "the other null)"
+        )
     if warmup >= total:
         log.warning("warmup %d >= total %d intervals: warming up over %d", warmup, total, total - 1)
         warmup = total - 1
-    factor = functools.partial(
-        _cosine_factor,
-        warmup=warmup,
-        total=total,
-        start_factor=start_factor,
-        final_factor=final_factor,
-    )
-    return LambdaLR(optimizer, factor)
+    base_lrs = [group.get("initial_lr", group["lr"]) for group in optimizer.param_groups]
+    if start_lr is not None and not all(lr > 0 for lr in base_lrs):
+        raise ValueError(f"Invalid lr for a warmup from start_lr: {base_lrs} (need lr > 0)")
+    factors = [
+        functools.partial(
+            _cosine_factor,
+            warmup=warmup,
+            total=total,
+            start_factor=start_factor if start_lr is None else start_lr / base_lr,
+            final_factor=final_factor,
+            prefix=warmup_prefix,
+        )
+        for base_lr in base_lrs
+    ]
+    return LambdaLR(optimizer, factors)
 
 
 def _inverse_sqrt_factor(t: int, *, warmup: int) -> float:

@@ -1,5 +1,5 @@
 """Optimizers and schedules from their configs (experiments.runner.optim): the weight-decay param groups of
-`weight_decay_exempt` against the groups timm builds."""
+`weight_decay_exempt` against the groups timm builds, and the warmup-cosine schedule."""
 
 from __future__ import annotations
 
@@ -101,3 +101,38 @@ def test_build_optimizer_rejects_an_unknown_exemption_and_a_parameter_list() -> 
         optim.build_optimizer(node, model, weight_decay_exempt="norms")
     with pytest.raises(TypeError, match="needs the model"):
         optim.build_optimizer(node, model.parameters(), weight_decay_exempt="bias_and_norm")
+
+
+def _lrs(scheduler: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> list[list[float]]:
+    """The lr of each group in each epoch, as the loop trains with it (the scheduler steps after it)."""
+    lrs = []
+    for _ in range(epochs):
+        lrs.append([group["lr"] for group in scheduler.optimizer.param_groups])
+        scheduler.optimizer.step()
+        scheduler.step()
+    return lrs
+
+
+def _two_groups(lr: float) -> torch.optim.Optimizer:
+    params = [torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)]
+    return torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=lr)
+
+
+def test_warmup_cosine_starts_from_an_absolute_lr_in_every_group() -> None:
+    opt = _two_groups(1.0)
+    opt.param_groups[1]["lr"] = 0.5
+    sched = optim.warmup_cosine(opt, warmup=4, total=8, start_factor=None, start_lr=1e-2)
+    lrs = _lrs(sched, 8)
+    assert lrs[0] == pytest.approx([1e-2, 1e-2])
+    assert lrs[2] == pytest.approx([(1e-2 + 1.0) / 2, (1e-2 + 0.5) / 2])  # halfway up, linearly
+    assert lrs[4] == pytest.approx([1.0, 0.5])  # warmup_prefix: the cosine starts at its peak
+
+
+@pytest.mark.parametrize(
+    ("start_factor", "start_lr"), [(None, None), (0.01, 1e-5)], ids=["neither", "both"]
+)
+def test_warmup_cosine_needs_exactly_one_warmup_start(start_factor, start_lr) -> None:
+    with pytest.raises(ValueError, match="Invalid warmup start"):
+        optim.warmup_cosine(
+            _two_groups(1.0), warmup=2, total=4, start_factor=start_factor, start_lr=start_lr
+        )
