@@ -1,11 +1,12 @@
 """Optimizers and schedules from their configs (experiments.runner.optim): the weight-decay param groups of
-`weight_decay_exempt` against the groups timm builds, and the warmup-cosine schedule."""
+`weight_decay_exempt` against the groups timm builds, and the warmup-cosine schedule against timm's."""
 
 from __future__ import annotations
 
 import pytest
 import timm
 import timm.optim
+import timm.scheduler
 import torch
 from _toy_task import compose_config
 from omegaconf import OmegaConf
@@ -116,6 +117,27 @@ def _lrs(scheduler: torch.optim.lr_scheduler.LRScheduler, epochs: int) -> list[l
 def _two_groups(lr: float) -> torch.optim.Optimizer:
     params = [torch.zeros(2, requires_grad=True), torch.zeros(1, requires_grad=True)]
     return torch.optim.SGD([{"params": params[:1]}, {"params": params[1:]}], lr=lr)
+
+
+def test_warmup_cosine_of_imagenet_vit_is_timms_cosine_scheduler() -> None:
+    """The experiment's schedule against timm's CosineLRScheduler as timm's train.py builds it from the
+    authors' config (--sched cosine --epochs 200 --warmup-epochs 5, default --warmup-lr 1e-5, --min-lr 0,
+    no warmup prefix): the same lr in every epoch and every param group."""
+    cfg = compose_config("experiment=imagenet_vit")
+    ours = optim.build_schedule(
+        cfg.schedule, _two_groups(cfg.optimizer.lr), epochs=cfg.epochs, steps_per_epoch=100
+    )
+    reference = _two_groups(cfg.optimizer.lr)
+    timms = timm.scheduler.CosineLRScheduler(
+        reference, t_initial=200, lr_min=0.0, warmup_t=5, warmup_lr_init=1e-5, warmup_prefix=False
+    )
+    expected = []
+    for epoch in range(cfg.epochs):
+        timms.step(epoch)
+        expected.append([group["lr"] for group in reference.param_groups])
+    got = _lrs(ours, cfg.epochs)
+    assert got[0] == pytest.approx([1e-5, 1e-5])  # the warmup starts from timm's --warmup-lr
+    assert got == [pytest.approx(row, rel=1e-12, abs=1e-15) for row in expected]
 
 
 def test_warmup_cosine_starts_from_an_absolute_lr_in_every_group() -> None:
