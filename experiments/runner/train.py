@@ -89,7 +89,9 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
     task = hydra.utils.instantiate(cfg.task, data_dir=cfg.data_dir, synthetic=cfg.profile.synthetic)
     task.setup(device, ctx)
     model = task.build_model()  # the task's fixed model_seed: the same init for every run
-    optimizer = optim.build_optimizer(cfg.optimizer, model.parameters())
+    optimizer = optim.build_optimizer(
+        cfg.optimizer, model, weight_decay_exempt=cfg.get("weight_decay_exempt")
+    )
     steps_per_epoch = loop.epoch_length(task, cfg.profile.max_train_batches)
     scheduler = optim.build_schedule(
         cfg.schedule, optimizer, epochs=cfg.epochs, steps_per_epoch=steps_per_epoch

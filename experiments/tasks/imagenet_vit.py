@@ -2,10 +2,14 @@
 
 Everything that timm provides comes from timm: the model (`timm.create_model`), the ImageFolder reader
 (`timm.data.create_dataset`), the train and eval transforms (`timm.data.create_transform`: random resized
-crop, RandAugment, bicubic resize with `crop_pct`), Mixup/CutMix (`timm.data.Mixup`) and the loss
-(`timm.loss.BinaryCrossEntropy`). The paper's protocol gives RandAugment m6, mixup 0.1, cutmix 1.0
-and BCE, which is timm's ResNet-strikes-back A3 augmentation; the details it leaves open come from A3:
-magnitude noise std 0.5 (`rand-m6-mstd0.5-inc1`), no label smoothing, BCE targets binarised at 0.2.
+crop with random interpolation, flip, RandAugment; bicubic resize with `crop_pct`), Mixup/CutMix with
+label smoothing (`timm.data.Mixup`) and the loss (`timm.loss.BinaryCrossEntropy`).
+
+The recipe is the authors' (their timm fork, fabian-sp/pytorch-image-models, branch momo-experiment:
+configs/vit_tiny_patch16_224.yaml run by timm's train.py): `aa: rand-m6-mstd0.5`, `mixup: 0.1`,
+`cutmix: 1.0`, `crop_pct: 0.9`, `bce_loss: true`, and train.py's defaults for the rest: label smoothing
+0.1 (applied by Mixup to the mixed targets), no BCE target threshold, random train interpolation, and
+`--batch-size` per process (GPU).
 
 Unlike the small in-memory datasets, ImageNet is read from disk by a `DataLoader` with worker processes.
 """
@@ -111,16 +115,19 @@ class TimmImageNet(Task):
     """ImageNet-1k top-1 classification with a timm model and timm's augmentation recipe.
 
     Data: `data_dir/<folder>/{train,val}/<class>/<image>` (ImageFolder layout), read by timm's folder
-    reader through a `DataLoader` with `num_workers` processes. `batch_size` is the global batch; under
-    torchrun each rank reads only its `batch_size / world_size` images (a `DistributedSampler` shard),
-    because decoding is the bottleneck: `shards_batches = True` tells the loop that these batches are this
-    rank's already and must not be sliced again. Evaluation is sharded the same way (each rank evaluates
-    every world-th image; the runner adds up the ranks' sums).
+    reader through a `DataLoader` with `num_workers` processes. `batch_size` is per device, as timm's
+    `--batch-size`: under torchrun each rank reads its own `batch_size` images (a `DistributedSampler`
+    shard), so the global batch is `batch_size * world_size` (`data_info` records both). Decoding is the
+    bottleneck, so the ranks read disjoint images: `shards_batches = True` tells the loop that these
+    batches are this rank's already and must not be sliced again. Evaluation is sharded the same way (each
+    rank evaluates every world-th image; the runner adds up the ranks' sums).
 
     Training batches are augmented (random resized crop, flip, RandAugment `auto_augment`) and mixed
-    (Mixup/CutMix, soft targets); the loss is timm's BinaryCrossEntropy. Evaluation uses timm's eval
-    transform (resize to `img_size / crop_pct`, centre crop), no mixing, and reports plain cross-entropy and
-    top-1 accuracy; the "train" split is a fixed subset of `train_eval_size` training images.
+    (Mixup/CutMix with `label_smoothing`: soft targets); the loss is timm's BinaryCrossEntropy on those
+    targets, binarised only when `bce_target_threshold` is set. Without mixing, the loss smooths the class
+    indices itself (timm's train.py does the same). Evaluation uses timm's eval transform (resize to
+    `img_size / crop_pct`, centre crop), no mixing, and reports plain cross-entropy and top-1 accuracy;
+    the "train" split is a fixed subset of `train_eval_size` training images.
 
     Randomness: one number drawn from the loop's generator per epoch seeds the sampler's order, the
     DataLoader workers (augmentation) and Mixup (HostRandomState), so a run seed fixes the whole epoch. The
@@ -139,15 +146,16 @@ class TimmImageNet(Task):
     model_kwargs: dict[str, Any] = field(default_factory=dict)
     num_classes: int = 1000
     folder: str = "imagenet"
-    batch_size: int = 512
+    batch_size: int = 512  # per device (rank)
     eval_batch_size: int = 512
     num_workers: int = 8
     crop_pct: float = 0.9
-    auto_augment: str | None = "rand-m6-mstd0.5-inc1"
+    train_interpolation: str = "random"
+    auto_augment: str | None = "rand-m6-mstd0.5"
     mixup_alpha: float = 0.1
     cutmix_alpha: float = 1.0
-    label_smoothing: float = 0.0
-    bce_target_threshold: float | None = 0.2
+    label_smoothing: float = 0.1
+    bce_target_threshold: float | None = None
     train_eval_size: int = 50_000
     synthetic_n_train: int = 32
     synthetic_n_val: int = 16
@@ -180,9 +188,11 @@ class TimmImageNet(Task):
             if self.mixup_alpha > 0 or self.cutmix_alpha > 0
             else None
         )
-        # soft (mixed) targets binarised at the threshold, as timm's train.py with --bce-loss
+        # as timm's train.py with --bce-loss: Mixup smooths the targets it mixes; class indices (no
+        # mixing) are smoothed by the loss
         self._train_loss = timm.loss.BinaryCrossEntropy(
-            smoothing=self.label_smoothing, target_threshold=self.bce_target_threshold
+            smoothing=0.0 if self._mixup is not None else self.label_smoothing,
+            target_threshold=self.bce_target_threshold,
         )
 
     @property
@@ -193,24 +203,23 @@ class TimmImageNet(Task):
     def setup(self, device: torch.device, dist: DistContext | None = None) -> None:
         self._device = torch.device(device)
         self._dist = dist or DistContext()
-        if self.batch_size % self._dist.world_size:
-            raise ValueError(
-                f"batch_size {self.batch_size} does not split over {self._dist.world_size} ranks"
-            )
         root = self._synthetic_root() if self.synthetic else self._imagenet_root()
         data_config = timm_data_config(self.model, self.crop_pct)
         common = {
             "input_size": data_config["input_size"],
-            "interpolation": data_config["interpolation"],
             "mean": data_config["mean"],
             "std": data_config["std"],
         }
         train_tf = timm.data.create_transform(
-            **common, is_training=True, auto_augment=self.auto_augment
+            **common,
+            is_training=True,
+            interpolation=self.train_interpolation,
+            auto_augment=self.auto_augment,
         )
         eval_tf = timm.data.create_transform(
             **common,
             is_training=False,
+            interpolation=data_config["interpolation"],
             crop_pct=data_config["crop_pct"],
             crop_mode=data_config["crop_mode"],
         )
@@ -233,8 +242,14 @@ class TimmImageNet(Task):
             "synthetic": self.synthetic,
             "n_train": len(self._loaded()),
             "n_val": len(self._sets["val"]),
-            "batch_size": self.batch_size,
+            "batch_size_per_device": self.batch_size,
+            "global_batch_size": self.global_batch_size,
         }
+
+    @property
+    def global_batch_size(self) -> int:
+        """The images of one optimizer step, over all ranks."""
+        return self.batch_size * self._dist.world_size
 
     def build_model(self) -> torch.nn.Module:
         model = seeded_model(
@@ -246,7 +261,7 @@ class TimmImageNet(Task):
         return model.to(self._device)
 
     def batches_per_epoch(self) -> int:
-        return len(self._loaded()) // self.batch_size
+        return len(self._loaded()) // self.global_batch_size
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         train_set = self._loaded()
@@ -260,7 +275,7 @@ class TimmImageNet(Task):
         host_rngs = HostRandomState(worker_seed)
         loader = DataLoader(
             train_set,
-            batch_size=self.batch_size // world,
+            batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.workers,
             pin_memory=self._device.type == "cuda",

@@ -43,6 +43,11 @@ def check(cfg: DictConfig) -> None:
             f"{sorted(OPTIMIZERS)}"
         )
     _schedule_args(cfg.schedule)
+    if cfg.get("weight_decay_exempt") is not None:
+        raise ValueError(
+            f"Invalid weight_decay_exempt for fairseq: {cfg.weight_decay_exempt!r} (null: fairseq's "
+            "optimizers decay every parameter)"
+        )
     if cfg.amp != "none":
         raise ValueError(
             f"Invalid amp for fairseq: {cfg.amp!r} (MoMo in fairseq runs in fp32: none)"
@@ -66,6 +71,11 @@ def _optimizer_args(optimizer: DictConfig) -> list[str]:
     if not optimizer.get("divide", True):
         args += ["--momo-decoupled-decay"]
     return args
+
+
+def _accuracy_args(criterion: str) -> list[str]:
+    """Token accuracy in the logs (`valid_accuracy`: val/token_acc), where the criterion computes it."""
+    return ["--report-accuracy"] if criterion == "label_smoothed_cross_entropy" else []
 
 
 def _schedule_args(schedule: DictConfig) -> list[str]:
@@ -93,6 +103,7 @@ def train_command(cfg: DictConfig, data_bin: Path, work_dir: Path) -> list[str]:
         *_flags(fs.model.get("args", {})),
         *("--dropout", _num(fs.dropout)),
         *("--criterion", fs.criterion, "--label-smoothing", _num(fs.label_smoothing)),
+        *_accuracy_args(fs.criterion),
         *("--max-tokens", str(fs.max_tokens), "--update-freq", str(fs.update_freq)),
         *("--clip-norm", _num(fs.clip_norm)),
         *_optimizer_args(cfg.optimizer),

@@ -8,8 +8,10 @@ IWSLT14 runs like any other.
   as the training loop's (experiments.runner.diagnostics.step_statistics).
 
 Units: losses are fairseq's, label-smoothed cross-entropy in bits per target token (the trace's loss and
-lower-bound estimate, which MoMo sees in nats, are converted to match). Epochs count from 1, as fairseq's
-and the loop's do.
+lower-bound estimate, which MoMo sees in nats, are converted to match). `val/score` is fairseq's validation
+BLEU (0-100); `val/token_acc` its validation token accuracy (`--report-accuracy`: the share of target tokens
+whose most likely prediction given the reference prefix is right), logged in percent and recorded in [0, 1].
+Epochs count from 1, as fairseq's and the loop's do.
 """
 
 from __future__ import annotations
@@ -76,6 +78,7 @@ def epoch_metrics(log: FairseqLog, trace: list[dict[str, float]]) -> list[dict]:
             "train/score": None,
             "val/loss": val.get("valid_loss"),
             "val/score": val.get("valid_bleu"),
+            "val/token_acc": _fraction(val.get("valid_accuracy")),
             "lr": train["train_lr"],
             "grad_norm": train.get("train_gnorm"),
             "time_s": train.get("train_wall"),
@@ -85,6 +88,10 @@ def epoch_metrics(log: FairseqLog, trace: list[dict[str, float]]) -> list[dict]:
         rows.append(row)
         first_update = last_update + 1
     return rows
+
+
+def _fraction(percent: float | None) -> float | None:
+    return None if percent is None else percent / 100.0
 
 
 def _series(steps: list[dict[str, float]]) -> dict[str, list[float]]:

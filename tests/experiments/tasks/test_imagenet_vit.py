@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -56,6 +57,75 @@ def test_timm_imagenet_trains_on_synthetic_folder_with_momo_adam(make_task) -> N
     result = evaluate(task, model, "val")
     assert set(result) == {"loss", "score"}
     assert 0.0 <= result["score"] <= 1.0 and 0.0 < result["loss"] < 20.0
+
+
+def test_timm_imagenet_mixup_smooths_the_mixed_targets(make_task) -> None:
+    """timm's train.py recipe: Mixup/CutMix with label smoothing 0.1. Every class but a row's two mixed
+    labels gets the smoothing's off value 0.1 / 1000; the two labels share the rest in the proportion
+    lam : 1 - lam, with one lam per batch."""
+    task = make_task("imagenet_vit", **TINY)
+    task.setup(torch.device("cpu"))
+    _, targets = next(iter(task.train_batches(torch.Generator().manual_seed(0))))
+    off = 0.1 / 1000
+    on = 1.0 - 0.1 + off
+    torch.testing.assert_close(targets.sum(dim=1), torch.ones(8))
+    top2, _ = targets.topk(2, dim=1)
+    rest = targets.sort(dim=1).values[:, :-2]
+    torch.testing.assert_close(rest, torch.full_like(rest, off))
+    assert (top2 <= on + 1e-6).all()
+    # rows whose two labels differ hold lam * on + (1 - lam) * off and the converse: one lam per batch
+    mixed = top2[top2[:, 1] > off + 1e-6]
+    assert len(mixed) > 0
+    lam = (mixed[:, 0] - off) / (on - off)
+    torch.testing.assert_close(lam, lam[:1].expand_as(lam))
+    torch.testing.assert_close(mixed.sum(dim=1), torch.full((len(mixed),), on + off))
+
+
+def test_timm_imagenet_loss_is_bce_on_the_soft_targets(make_task) -> None:
+    """No BCE target threshold (timm train.py's default): the loss is the mean binary cross-entropy
+    against the smoothed, mixed targets themselves, not against targets binarised at a threshold."""
+    task = make_task("imagenet_vit", **TINY)
+    task.setup(torch.device("cpu"))
+    batch = next(iter(task.train_batches(torch.Generator().manual_seed(0))))
+    _, targets = batch
+    logits = 4.0 * torch.randn(targets.shape, generator=torch.Generator().manual_seed(1))
+    loss = task.loss(lambda images: logits, batch)
+    bce = torch.nn.functional.binary_cross_entropy_with_logits
+    torch.testing.assert_close(loss, bce(logits, targets))
+    # the A3 recipe's threshold, for contrast: binarised targets, another loss
+    a3 = make_task("imagenet_vit", **TINY, bce_target_threshold=0.2)
+    binarised = a3.loss(lambda images: logits, batch)
+    torch.testing.assert_close(binarised, bce(logits, (targets > 0.2).float()))
+    assert not torch.isclose(loss, binarised, rtol=1e-5, atol=0.0)
+
+
+def test_timm_imagenet_batch_size_is_per_device_and_the_global_batch_is_recorded(make_task) -> None:
+    """Under a (simulated) world of 4 ranks, rank 1 reads batches of its own batch_size; an epoch has
+    n_train // (batch_size * 4) steps, and data_info (run.json's `data`) records both batch sizes."""
+    task = make_task("imagenet_vit", **{**TINY, "batch_size": 2})
+    task.setup(torch.device("cpu"), DistContext(rank=1, world_size=4))
+    info = task.data_info
+    assert (info["batch_size_per_device"], info["global_batch_size"]) == (2, 8)
+    assert task.batches_per_epoch() == 32 // 8
+    batches = list(task.train_batches(torch.Generator().manual_seed(0)))
+    assert [images.shape[0] for images, _ in batches] == [2, 2, 2, 2]
+    task.setup(torch.device("cpu"))  # one process: the global batch is the per-device one
+    assert task.data_info["global_batch_size"] == 2 and task.batches_per_epoch() == 16
+
+
+def test_imagenet_vit_run_is_built_with_the_authors_timm_recipe(tmp_path: Path) -> None:
+    """The experiment config through the runner's build_run: fp32, timm's two weight-decay param groups,
+    the warmup from lr 1e-5, Mixup's label smoothing 0.1 and BCE without a target threshold."""
+    cfg = compose_config("experiment=imagenet_vit", "profile=smoke", f"results_dir={tmp_path}")
+    run = train.build_run(cfg, DistContext())
+    assert cfg.amp == "none" and run.autocast is contextlib.nullcontext
+    decayed, exempt = run.optimizer.param_groups
+    assert (decayed["weight_decay"], exempt["weight_decay"]) == (0.02, 0.0)
+    assert all(p.ndim >= 2 for p in decayed["params"])
+    assert [group["lr"] for group in run.optimizer.param_groups] == pytest.approx([1e-5, 1e-5])
+    assert run.task._mixup.label_smoothing == 0.1
+    assert run.task._train_loss.target_threshold is None
+    assert run.task.auto_augment == "rand-m6-mstd0.5" and run.task.train_interpolation == "random"
 
 
 def test_timm_imagenet_epoch_is_a_function_of_the_generator(make_task) -> None:
@@ -157,6 +227,8 @@ def test_imagenet_vit_smoke_run_writes_a_record(tmp_path: Path) -> None:
     info = train.train(cfg)
     assert info["status"] == "completed", info["error"]
     assert info["data"]["synthetic"] is True and info["epochs_done"] == 2
+    assert (info["data"]["batch_size_per_device"], info["data"]["global_batch_size"]) == (8, 8)
+    assert info["device"]["amp"] == "none"
     assert 0.0 <= info["final"]["val/score"] <= 1.0 and math.isfinite(info["final"]["train/loss"])
 
 
@@ -171,7 +243,13 @@ def _data_parallel_worker(rank: int, init_file: str, out_dir: str) -> None:
         model = task.build_model().eval()
         with torch.no_grad():
             result = loop.evaluate_split(task, model, "val", ctx=ctx)
-        torch.save({"images": images, "targets": targets, **result}, f"{out_dir}/rank{rank}.pt")
+        batch = {
+            "global_batch": task.data_info["global_batch_size"],
+            "steps": task.batches_per_epoch(),
+        }
+        torch.save(
+            {"images": images, "targets": targets, **result, **batch}, f"{out_dir}/rank{rank}.pt"
+        )
         dist.barrier()  # both ranks leave together (gloo can abort when a peer tears down first)
     finally:
         dist.destroy_process_group()
@@ -184,9 +262,11 @@ def test_timm_imagenet_ranks_read_their_shard_and_evaluate_the_whole_set(tmp_pat
         _data_parallel_worker, args=(init_file, str(tmp_path)), nprocs=2, start_method="spawn"
     )
     rank0, rank1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(2))
-    # each rank reads half of the global batch of 8, and not the same half
-    assert rank0["images"].shape == (4, 3, 224, 224) and rank0["targets"].shape == (4, 1000)
+    # each rank reads its own batch of 8 (batch_size is per device): a global batch of 16
+    assert rank0["images"].shape == (8, 3, 224, 224) and rank0["targets"].shape == (8, 1000)
     assert not torch.equal(rank0["images"], rank1["images"])
+    assert rank0["global_batch"] == rank1["global_batch"] == 16
+    assert rank0["steps"] == rank1["steps"] == 32 // 16
 
     task = TimmImageNet(synthetic=True, **TINY)
     task.setup(torch.device("cpu"))

@@ -43,7 +43,7 @@ def test_iwslt14_train_command_follows_the_recipe(tmp_path):
         "--arch transformer_iwslt_de_en --share-decoder-input-output-embed",
         "--optimizer adam --lr 0.0005 --weight-decay 0.0001 --adam-betas (0.9, 0.98)",
         "--lr-scheduler inverse_sqrt --warmup-updates 4000",
-        "--criterion label_smoothed_cross_entropy --label-smoothing 0.1",
+        "--criterion label_smoothed_cross_entropy --label-smoothing 0.1 --report-accuracy",
         "--max-tokens 4096",
         "--dropout 0.1",
         "--clip-norm 0.0",
@@ -51,6 +51,8 @@ def test_iwslt14_train_command_follows_the_recipe(tmp_path):
     ):
         assert expected in joined
     assert "--momo-trace" not in command
+    plain = _compose("fairseq.criterion=cross_entropy")  # fairseq's cross_entropy has no accuracy
+    assert "--report-accuracy" not in commands.train_command(plain, tmp_path, tmp_path)
     momo = commands.train_command(_compose(), tmp_path / "bin", tmp_path / "work")
     assert momo[momo.index("--optimizer") + 1] == "momo_adam_star"
     assert momo[momo.index("--momo-trace") + 1] == str(tmp_path / "work" / "momo_trace.csv")
@@ -62,7 +64,11 @@ def test_iwslt14_train_command_follows_the_recipe(tmp_path):
 
 
 def test_iwslt14_rejects_what_fairseq_cannot_run_before_writing(tmp_path):
-    for override, message in (("optimizer=sgd_m", "no fairseq counterpart"), ("amp=bf16", "fp32")):
+    for override, message in (
+        ("optimizer=sgd_m", "no fairseq counterpart"),
+        ("amp=bf16", "fp32"),
+        ("+weight_decay_exempt=bias_and_norm", "fairseq's optimizers decay every parameter"),
+    ):
         cfg = _compose(override, f"results_dir={tmp_path}")
         with pytest.raises(ValueError, match=message):
             train.train(cfg)
@@ -104,7 +110,10 @@ def test_iwslt14_converter_reads_fairseq_logs():
         [
             '2024 | INFO | train_inner | {"epoch": 1, "loss": "5.0", "lr": "1e-4", "num_updates": "1"}',
             '2024 | INFO | train_inner | {"epoch": 1, "loss": "4.0", "lr": "2e-4", "num_updates": "2"}',
-            '2024 | INFO | valid | {"epoch": 1, "valid_loss": "4.5", "valid_bleu": "3.25"}',
+            # fairseq-train --report-accuracy: n_correct / total target tokens, in percent
+            '2024 | INFO | valid | {"epoch": 1, "valid_loss": "4.5", "valid_nll_loss": "4.4", '
+            '"valid_total": "110", "valid_n_correct": "7", "valid_ppl": "21.1", '
+            '"valid_accuracy": "6.364", "valid_bleu": "3.25", "valid_num_updates": "2"}',
             '2024 | INFO | train | {"epoch": 1, "train_loss": "4.5", "train_lr": "2e-4", '
             '"train_num_updates": "2", "train_gnorm": "1.5", "train_wall": "7"}',
             "Generate test with beam=5: BLEU4 = 34.41, 67.5/46.9/34.4/25.5 (BP=1.000)",
@@ -131,6 +140,11 @@ def test_iwslt14_converter_reads_fairseq_logs():
     ]
     (row,) = convert.epoch_metrics(log, steps)
     assert row["epoch"] == 1 and row["val/loss"] == 4.5 and row["val/score"] == 3.25
+    assert row["val/token_acc"] == pytest.approx(
+        7 / 110, abs=5e-6
+    )  # in [0, 1]; BLEU stays the score
+    without = convert.read_fairseq_log(text.replace('"valid_accuracy": "6.364", ', ""))
+    assert convert.epoch_metrics(without, steps)[0]["val/token_acc"] is None  # another criterion
     assert row["optim/cap_fraction"] == 0.5 and "optim/lb_estimate" not in row  # one step has none
     assert convert.parse_bleu(text) == 34.41
     fallback = convert.trace_rows(log, [], max_rows=10)  # Adam: fairseq's own log lines
@@ -216,6 +230,8 @@ def test_iwslt14_smoke_run_writes_a_record(tmp_path):
     assert info["device"] == {"type": "cpu", "name": "cpu", "world_size": 1, "amp": "none"}
     metrics = [json.loads(line) for line in (record / "metrics.jsonl").read_text().splitlines()]
     assert math.isfinite(metrics[-1]["val/loss"]) and "test/score" in metrics[-1]
+    assert all(0.0 <= row["val/token_acc"] <= 1.0 for row in metrics)
+    assert info["final"]["val/token_acc"] == metrics[-1]["val/token_acc"]
     assert 0.0 <= metrics[-1]["optim/cap_fraction"] <= 1.0
     with (record / "trace.csv").open() as f:
         trace = list(csv.DictReader(f))
