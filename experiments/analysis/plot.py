@@ -222,11 +222,8 @@ def draw_robustness(
         _mark_diverged(marks, every)
         _legend(fig, spec, methods, lines, paper is not None, bool(marks))
         n = int(rows["n_seeds"].max()) if len(rows) else 0
-        seeds = f"{n} seed{'s' if n != 1 else ''}"
-        fig.suptitle(
-            f"{_title(spec, figure)}\nfinal epoch, mean ± {spec.band:g} std over {seeds}",
-            fontsize=8.5,
-        )
+        spread = f"mean ± {spec.band:g} std over {n} seeds" if n > 1 else "one seed (no band)"
+        fig.suptitle(f"{_title(spec, figure)}\nfinal epoch, {spread}", fontsize=8.5)
     return fig
 
 
@@ -288,7 +285,9 @@ def draw_curves(curves: pd.DataFrame, spec: FigureSpec, figure: str) -> plt.Figu
                 mean = curve["score_mean"].to_numpy(dtype=float) * spec.score.scale
                 std = curve["score_std"].to_numpy(dtype=float) * spec.score.scale
                 i, shade = _style_index(pick["line"], spec), 1.0 - 0.28 * rank
-                name = f"lr {pick['lr']:g}" + (f", {pick['variant']}" if pick["line"] else "")
+                name = f"lr {pick['lr']:g}"
+                if pick["line"]:
+                    name += f", {spec.variant('line').label}={pick['line']}"
                 ax.plot(
                     curve["epoch"], mean, ls=style.LINESTYLES[i], color=c, alpha=shade, label=name
                 )

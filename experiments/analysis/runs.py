@@ -51,7 +51,7 @@ def read_run(path: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
     metrics_file = path / layout.METRICS
     lines = metrics_file.read_text().splitlines() if metrics_file.is_file() else []
     epochs = pd.DataFrame([json.loads(line) for line in lines if line.strip()])
-    for column in epochs.columns[epochs.dtypes == object]:
+    for column in epochs.select_dtypes(include="object").columns:
         # A metric that is null (non-finite) in every epoch of this run is still a number.
         if epochs[column].map(lambda v: v is None or isinstance(v, int | float)).all():
             epochs[column] = epochs[column].astype(float)
