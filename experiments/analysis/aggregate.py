@@ -88,9 +88,11 @@ def aggregate(
 
 def report_selection(selection: Selection) -> str:
     """What was aggregated, what was left out and why, what is missing: a few lines."""
+    n = selection.status
     lines = [
         f"{selection.experiment}: {len(selection.runs)} of the sweep's {selection.expected} runs "
-        f"aggregated, {len(selection.missing)} missing"
+        f"aggregated ({n['completed']} completed, {n['diverged']} diverged), {n['failed']} failed, "
+        f"{n['missing']} missing"
     ]
     lines += [f"  left out: {reason}" for reason in selection.reasons()]
     return "\n".join(lines)

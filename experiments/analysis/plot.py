@@ -23,6 +23,7 @@ import logging
 import math
 import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -70,33 +71,64 @@ def _log_floor(values: pd.Series) -> float:
     return float(positive.min()) / 10.0 if len(positive) else 1e-12
 
 
-class _Axis:
-    """One quantity on one axes: its column, scale, log scale and which edge is the worst."""
+@dataclass
+class _Quantity:
+    """One quantity of the robustness figure on its axes (the summary's `<column>_mean`/`_std`)."""
 
-    def __init__(self, ax, column: str, scale: float, log_y: bool, worst_top: bool, floor):
-        self.ax, self.column, self.scale = ax, column, scale
-        self.log_y, self.worst_top, self.floor = log_y, worst_top, floor
+    ax: plt.Axes
+    column: str  # train_loss | score
+    scale: float  # plotted = recorded × scale
+    worst_top: bool  # a setting without a mean is marked at the top (a loss) or the bottom edge
+    floor: float | None  # on a log axis, where a band that reaches zero stops
 
 
-def _axes_of(spec: FigureSpec, axes, rows: pd.DataFrame) -> list[_Axis]:
-    loss_floor = _log_floor(rows["train_loss_mean"])
+def _quantities(spec: FigureSpec, column, rows: pd.DataFrame) -> list[_Quantity]:
+    """The training loss (log axis) above the score of one panel column."""
     score_floor = _log_floor(rows["score_mean"] * spec.score.scale) if spec.score.log else None
     return [
-        _Axis(axes[0], "train_loss", 1.0, True, True, loss_floor),
-        _Axis(
-            axes[1],
-            "score",
-            spec.score.scale,
-            spec.score.log,
-            not spec.score.higher_is_better,
-            score_floor,
+        _Quantity(column[0], "train_loss", 1.0, True, _log_floor(rows["train_loss_mean"])),
+        _Quantity(
+            column[1], "score", spec.score.scale, not spec.score.higher_is_better, score_floor
         ),
     ]
 
 
-def _mark_diverged(marks: list[tuple], spec_axes: list[_Axis]) -> None:
+def _draw_setting(
+    q: _Quantity, setting: pd.DataFrame, spec: FigureSpec, key: str, i: int, c: str
+) -> list[tuple]:
+    """One method and line variant over the lrs: line, band; returns its divergence marks."""
+    lr = setting["lr"].to_numpy(dtype=float)
+    mean = setting[f"{q.column}_mean"].to_numpy(dtype=float) * q.scale
+    std = setting[f"{q.column}_std"].to_numpy(dtype=float) * q.scale
+    q.ax.plot(lr, mean, ls=style.LINESTYLES[i], marker=style.MARKERS[i], ms=3, color=c, label=key)
+    low, high = _band(mean, std, spec.band, q.floor)
+    q.ax.fill_between(
+        lr, low, high, where=np.isfinite(mean), color=c, alpha=style.BAND_ALPHA, lw=0,
+        label=f"band {key}",
+    )  # fmt: skip
+    diverged = setting[setting["n_diverged"] > 0]
+    return [
+        (q.ax, r["lr"], r[f"{q.column}_mean"] * q.scale, f"{r['n_diverged']}/{r['n_seeds']}", c)
+        for _, r in diverged.astype({"n_diverged": int, "n_seeds": int}).iterrows()
+    ]
+
+
+def _label_axes(quantities: list[_Quantity], spec: FigureSpec, panel: str, first: bool) -> None:
+    top, bottom = quantities[0].ax, quantities[1].ax
+    top.set(xscale="log", yscale="log", title=_panel_title(panel, spec))
+    bottom.set(xscale="log", xlabel="learning rate", yscale="log" if spec.score.log else "linear")
+    if first:
+        top.set_ylabel(spec.loss.label)
+        bottom.set_ylabel(spec.score.label)
+    if spec.loss.ylim:
+        top.set_ylim(spec.loss.ylim)
+    if spec.score.ylim:
+        bottom.set_ylim(spec.score.ylim)
+
+
+def _mark_diverged(marks: list[tuple], quantities: list[_Quantity]) -> None:
     """Crosses where seeds diverged: on the point, or at the axis' worst edge when it has no mean."""
-    for quantity in spec_axes:
+    for quantity in quantities:
         limits = quantity.ax.get_ylim()
         edge = limits[1] if quantity.worst_top else limits[0]
         for ax, lr, y, text, c in marks:
@@ -155,70 +187,26 @@ def draw_robustness(
     methods = style.order(rows["method"].unique(), spec.figures()[figure])
     panels, lines = variant_values(rows, spec, "panel"), variant_values(rows, spec, "line")
     marks: list[tuple] = []
-    every: list[_Axis] = []
+    every: list[_Quantity] = []
     with plt.rc_context(style.STYLE):
         fig, axes = plt.subplots(
-            2,
-            len(panels),
-            figsize=(3.0 * len(panels) + 1.5, 4.6),
-            sharex="col",
-            sharey="row",
-            squeeze=False,
-            layout="constrained",
-        )
+            2, len(panels), figsize=(3.0 * len(panels) + 1.5, 4.6), sharex="col", sharey="row",
+            squeeze=False, layout="constrained",
+        )  # fmt: skip
         for col, panel in enumerate(panels):
-            quantities = _axes_of(spec, axes[:, col], rows)
+            quantities = _quantities(spec, axes[:, col], rows)
             every += quantities
-            for method in methods:
-                for line in lines:
-                    setting = rows[(rows["panel"] == panel) & (rows["method"] == method)]
-                    setting = setting[setting["line"] == line].sort_values("lr")
-                    if setting.empty:
-                        continue
-                    i, c = _style_index(line, spec), style.colour(method)
-                    for q in quantities:
-                        lr = setting["lr"].to_numpy(dtype=float)
-                        mean = setting[f"{q.column}_mean"].to_numpy(dtype=float) * q.scale
-                        std = setting[f"{q.column}_std"].to_numpy(dtype=float) * q.scale
-                        q.ax.plot(
-                            lr,
-                            mean,
-                            ls=style.LINESTYLES[i],
-                            marker=style.MARKERS[i],
-                            ms=3,
-                            color=c,
-                            label=f"{method}|{line}",
-                        )
-                        low, high = _band(mean, std, spec.band, q.floor if q.log_y else None)
-                        ok = np.isfinite(mean)
-                        q.ax.fill_between(
-                            lr,
-                            low,
-                            high,
-                            where=ok,
-                            color=c,
-                            alpha=style.BAND_ALPHA,
-                            lw=0,
-                            label=f"band {method}|{line}",
-                        )
-                        for _, r in setting[setting["n_diverged"] > 0].iterrows():
-                            y = r[f"{q.column}_mean"] * q.scale
-                            text = f"{int(r['n_diverged'])}/{int(r['n_seeds'])}"
-                            marks.append((q.ax, r["lr"], y, text, c))
-                    if paper is not None:
-                        _overlay(paper, figure, panel, method, line, quantities, i, c)
-            top, bottom = quantities
-            top.ax.set(xscale="log", yscale="log", title=_panel_title(panel, spec))
-            bottom.ax.set(xscale="log", xlabel="learning rate")
-            if col == 0:
-                top.ax.set_ylabel(spec.loss.label)
-                bottom.ax.set_ylabel(spec.score.label)
-            if spec.score.log:
-                bottom.ax.set_yscale("log")
-            if spec.loss.ylim:
-                top.ax.set_ylim(spec.loss.ylim)
-            if spec.score.ylim:
-                bottom.ax.set_ylim(spec.score.ylim)
+            for method, line in itertools.product(methods, lines):
+                setting = rows[(rows["panel"] == panel) & (rows["method"] == method)]
+                setting = setting[setting["line"] == line].sort_values("lr")
+                if setting.empty:
+                    continue
+                i, c = _style_index(line, spec), style.colour(method)
+                for q in quantities:
+                    marks += _draw_setting(q, setting, spec, f"{method}|{line}", i, c)
+                if paper is not None:
+                    _overlay(paper, figure, panel, method, line, quantities, i, c)
+            _label_axes(quantities, spec, panel, first=col == 0)
         _mark_diverged(marks, every)
         _legend(fig, spec, methods, lines, paper is not None, bool(marks))
         n = int(rows["n_seeds"].max()) if len(rows) else 0
@@ -259,6 +247,21 @@ def pick_curves(summary: pd.DataFrame, spec: FigureSpec, n: int) -> pd.DataFrame
     return ranked.groupby(["figure", "panel", "method"], sort=False).head(n)
 
 
+def _draw_curve(
+    ax, curve: pd.DataFrame, pick: pd.Series, rank: int, spec: FigureSpec, floor
+) -> None:
+    """One setting's score per epoch, fainter with its rank, with its band."""
+    mean = curve["score_mean"].to_numpy(dtype=float) * spec.score.scale
+    std = curve["score_std"].to_numpy(dtype=float) * spec.score.scale
+    i, shade, c = _style_index(pick["line"], spec), 1.0 - 0.28 * rank, style.colour(pick["method"])
+    name = f"lr {pick['lr']:g}"
+    if pick["line"]:
+        name += f", {spec.variant('line').label}={pick['line']}"
+    ax.plot(curve["epoch"], mean, ls=style.LINESTYLES[i], color=c, alpha=shade, label=name)
+    low, high = _band(mean, std, spec.band, floor)
+    ax.fill_between(curve["epoch"], low, high, color=c, alpha=0.1 * shade, lw=0)
+
+
 def draw_curves(curves: pd.DataFrame, spec: FigureSpec, figure: str) -> plt.Figure:
     """The score per epoch of each method's best settings (one panel per method and panel variant)."""
     rows = curves[curves["figure"] == figure]
@@ -276,23 +279,12 @@ def draw_curves(curves: pd.DataFrame, spec: FigureSpec, figure: str) -> plt.Figu
             layout="constrained",
         )
         for (p, panel), (m, method) in itertools.product(enumerate(panels), enumerate(methods)):
-            ax, c = axes[p][m], style.colour(method)
+            ax = axes[p][m]
             chosen = picked[(picked["panel"] == panel) & (picked["method"] == method)]
             for rank, (_, pick) in enumerate(chosen.iterrows()):
                 curve = rows[(rows["panel"] == panel) & (rows["method"] == method)]
                 curve = curve[(curve["lr"] == pick["lr"]) & (curve["line"] == pick["line"])]
-                curve = curve.sort_values("epoch")
-                mean = curve["score_mean"].to_numpy(dtype=float) * spec.score.scale
-                std = curve["score_std"].to_numpy(dtype=float) * spec.score.scale
-                i, shade = _style_index(pick["line"], spec), 1.0 - 0.28 * rank
-                name = f"lr {pick['lr']:g}"
-                if pick["line"]:
-                    name += f", {spec.variant('line').label}={pick['line']}"
-                ax.plot(
-                    curve["epoch"], mean, ls=style.LINESTYLES[i], color=c, alpha=shade, label=name
-                )
-                low, high = _band(mean, std, spec.band, floor)
-                ax.fill_between(curve["epoch"], low, high, color=c, alpha=0.1 * shade, lw=0)
+                _draw_curve(ax, curve.sort_values("epoch"), pick, rank, spec, floor)
             title = style.label(method)
             if _panel_title(panel, spec):
                 title += f", {_panel_title(panel, spec)}"

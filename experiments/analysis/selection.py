@@ -20,6 +20,7 @@ compare as numbers (lr 1 equals lr 1.0).
     selection.runs          # the selected records (completed or diverged), one per expected run
     selection.left_out      # [LeftOut(path, run_id, reason)]
     selection.missing       # [ExpectedRun] without a record
+    selection.status        # {"completed": 90, "diverged": 6, "failed": 0, "missing": 0}
     selection.reasons()     # one line per reason: "2 runs with epochs=2 (the sweep's protocol: 10)"
 """
 
@@ -135,6 +136,7 @@ class Selection:
     runs: list[Path]  # selected records, completed or diverged
     left_out: list[LeftOut]
     missing: list[ExpectedRun]
+    status: dict[str, int] = field(default_factory=dict)  # the sweep's runs by status, and missing
 
     def reasons(self) -> list[str]:
         """One line per reason a record was left out, with its count, most frequent first."""
@@ -260,7 +262,11 @@ def select(
             claimed[key] = (path, info)
     runs = sorted(p for p, info in claimed.values() if info.get("status") in FINISHED)
     missing = [e for k, e in by_config.items() if k not in claimed]
-    return Selection(experiment, len(expected), runs, left_out, missing)
+    status = collections.Counter(str(info.get("status")) for _, info in claimed.values())
+    status = {s: status.get(s, 0) for s in ("completed", "diverged", "failed")} | {
+        "missing": len(missing)
+    }
+    return Selection(experiment, len(expected), runs, left_out, missing, status)
 
 
 def select_sweep_runs(

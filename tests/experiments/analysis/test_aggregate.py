@@ -15,7 +15,10 @@ def test_aggregate_cli_takes_the_sweeps_runs_and_says_what_it_left_out(sweep, ca
     args = ["fashion_mnist_mlp", "profile=smoke", "--file", str(sweep / "tiny.yaml")]
     aggregate.main([*args, f"results_dir={sweep}"])  # the results directory as the sweep's override
     out = capsys.readouterr().out
-    assert "fashion_mnist_mlp: 7 of the sweep's 8 runs aggregated, 1 missing" in out
+    assert (
+        "fashion_mnist_mlp: 7 of the sweep's 8 runs aggregated (7 completed, 0 diverged), "
+        "0 failed, 1 missing"
+    ) in out
     assert "left out: 1 run with epochs=10 (the sweep's protocol: 2)" in out
     assert "| fashion_mnist_mlp | MoMo |" in out and "| fashion_mnist_mlp_extras | MoMo* |" in out
     summary = read_summary(sweep / "fashion_mnist_mlp_summary.csv")

@@ -78,6 +78,7 @@ def test_select_leaves_out_failed_runs_and_lists_missing_ones(tmp_path):
     assert len(selection.runs) == 5
     assert selection.reasons() == ["1 run failed (make sweep reruns failed runs)"]
     assert [(m.optimizer, m.lr, m.seed) for m in selection.missing] == [("sgd_m", 1.0, 0)]
+    assert selection.status == {"completed": 5, "diverged": 0, "failed": 1, "missing": 1}
 
 
 def test_select_keeps_diverged_runs_and_prefers_a_finished_record(tmp_path):
