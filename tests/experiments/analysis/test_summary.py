@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from fake_runs import figure_spec, write_sweep
+from fake_runs import figure_spec, write_run, write_sweep
 
 from experiments import layout
 from experiments.analysis.runs import build_table
@@ -219,3 +219,11 @@ def test_summarise_paper_keeps_the_figure_setting_only():
         "adam": 8, "momo": 8, "momo_adam": 8, "sgd_m": 6,
     }  # fmt: skip
     assert set(summary["method"]) == {"momo", "momo_adam", "sgd_m", "adam"}  # no AdaBelief etc.
+
+
+def test_summarise_runs_logger_and_device_never_split_a_setting(tmp_path):
+    write_sweep(tmp_path, "e", grids={"momo": [0.1]}, seeds=(0, 1))
+    wandb = {"_target_": "experiments.runner.loggers.WandbLogger", "project": "momo"}
+    write_run(tmp_path, "e", "momo", 0.1, 2, settings={"logger": wandb, "device": "cuda"})
+    summary = final(summarise_runs(_table(tmp_path), figure_spec(["momo"])))
+    assert len(summary) == 1 and summary["n_seeds"].item() == 3
