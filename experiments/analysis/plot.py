@@ -353,8 +353,7 @@ def best_score_table(results_dir: Path) -> pd.DataFrame:
         spec = load_spec(experiment)
         summary, _ = _read_summaries(layout.AggregatePaths(Path(results_dir), experiment))
         for _, r in best(summary, spec).iterrows():
-            mean, std = r["score_mean"] * spec.score.scale, r["score_std"] * spec.score.scale
-            cell = f"{mean:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "")
+            cell = spec.score_text(r["score_mean"], r["score_std"])
             variant = f" ({r['variant']})" if r["variant"] else ""
             rows.append(
                 {"figure": r["figure"], "method": style.label(r["method"]) + variant, "cell": cell}

@@ -15,7 +15,6 @@ import argparse
 import base64
 import html
 import io
-import math
 import os
 import sys
 from collections.abc import Sequence
@@ -61,8 +60,7 @@ def _table(header: Sequence[str], rows: Sequence[Sequence[str]], classes=None) -
 def _best_rows(summary: pd.DataFrame, spec: FigureSpec) -> list[list[str]]:
     rows = []
     for _, r in best(summary, spec).iterrows():
-        mean, std = r["score_mean"] * spec.score.scale, r["score_std"] * spec.score.scale
-        score = f"{mean:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "")
+        score = spec.score_text(r["score_mean"], r["score_std"])
         cells = [r["figure"], style.label(r["method"]), r["variant"], f"{r['lr']:g}", score]
         rows.append(
             [html.escape(str(c)) for c in [*cells, int(r["n_seeds"]), int(r["n_diverged"])]]

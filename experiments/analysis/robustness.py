@@ -88,7 +88,6 @@ def _rows(runs, final, spec: FigureSpec, shown, figure: str, panel: str) -> list
     method, variant = runs["method"].iloc[0], runs["variant"].iloc[0]
     lrs = runs["lr"].to_numpy(dtype=float)
     scores = runs["score_mean"].to_numpy(dtype=float) * spec.score.scale
-    stds = runs["score_std"].to_numpy(dtype=float) * spec.score.scale
     lo, hi = _common_range(final, spec.group_of(method, shown))
     rows = []
     for tolerance in spec.score.tolerances:
@@ -98,7 +97,9 @@ def _rows(runs, final, spec: FigureSpec, shown, figure: str, panel: str) -> list
         if members.size:
             signed = scores[members] * (1 if spec.score.higher_is_better else -1)
             best = members[np.argmax(signed)]
-            row |= {"best_lr": lrs[best], "best_score": scores[best], "best_std": stds[best]}
+            best_row = runs.iloc[best]  # the score in recorded units, as in the summary
+            row |= {"best_lr": lrs[best], "best_score": best_row["score_mean"]}
+            row["best_std"] = best_row["score_std"]
             row["width"], row["censored"] = _width(lrs, members, lo, hi)
             row["width_grid"], row["censored_grid"] = _width(lrs, members, lrs[0], lrs[-1])
         rows.append(row)
@@ -113,7 +114,7 @@ def _decades(width: float, censored: bool) -> str:
 
 def tolerance_text(tolerance: float, spec: FigureSpec) -> str:
     if spec.score.tolerance == "relative":
-        return f"{tolerance * 100:g} %"
+        return f"×{1 + tolerance:g}"  # within a factor of the best
     return f"{tolerance:g} {spec.score.unit}"
 
 
@@ -125,8 +126,9 @@ def width_rows(table: pd.DataFrame, spec: FigureSpec, label) -> list[list[str]]:
     ):
         first = rows.iloc[0]
         if math.isfinite(first["best_score"]):
-            std = f" ± {first['best_std']:.2f}" if math.isfinite(first["best_std"]) else ""
-            best = f"{first['best_score']:.2f}{std} ({first['best_lr']:g})"
+            best = (
+                f"{spec.score_text(first['best_score'], first['best_std'])} ({first['best_lr']:g})"
+            )
         else:
             best = "–"
         cells = [

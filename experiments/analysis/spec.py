@@ -51,7 +51,7 @@ class Score:
         "points"  # points: within t plotted units of the best; relative: within t·|best|
     )
     tolerances: list[float] = field(default_factory=lambda: [1.0, 5.0])
-    unit: str = "pt"  # how a tolerance reads in tables: pt (accuracy points), BLEU, ...
+    unit: str = "pt"  # how a points tolerance reads in tables: pt (accuracy points), BLEU, ...
 
 
 @dataclass
@@ -126,8 +126,13 @@ class FigureSpec:
                 return members
         return [method]
 
-    def in_display_units(self, value: float) -> float:
-        return value * self.score.scale
+    def score_text(self, mean: float, std: float = math.nan) -> str:
+        """A recorded score as shown: in plotted units, "97.97 ± 0.08" (3 significant digits for a
+        log-scale score such as an MSE: "1.2e-08 ± 3e-09"), without the ± for one seed."""
+        mean, std = mean * self.score.scale, std * self.score.scale
+        if self.score.log:
+            return f"{mean:.2g}" + (f" ± {std:.1g}" if math.isfinite(std) else "")
+        return f"{mean:.2f}" + (f" ± {std:.2f}" if math.isfinite(std) else "")
 
 
 def value_text(value: Any) -> str:

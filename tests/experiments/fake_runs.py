@@ -213,7 +213,7 @@ SCORES = {
     "bleu": Score(label="val BLEU", scale=1.0, tolerances=[1.0, 5.0], unit="BLEU"),
     "mse": Score(
         label="val MSE", higher_is_better=False, scale=1.0, log=True, tolerance="relative",
-        tolerances=[0.1, 1.0], unit="%",
+        tolerances=[1.0, 9.0], unit="×",
     ),
 }  # fmt: skip
 

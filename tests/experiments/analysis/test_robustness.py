@@ -51,7 +51,7 @@ def test_widths_flag_a_band_at_the_end_of_the_grid():
     summary = _summary({"momo": (LRS, [0.5, 0.8, 0.95, 0.95, 0.95, 0.95])})
     row = widths(summary, spec).set_index("tolerance").loc[1.0]
     assert (row["width_grid"], row["censored_grid"]) == (3.0, True)  # 0.1 .. 100, the grid's top
-    assert row["best_lr"] == 0.1 and row["best_score"] == pytest.approx(95.0)
+    assert row["best_lr"] == 0.1 and row["best_score"] == pytest.approx(0.95)  # recorded units
     inside = _summary({"momo": (LRS, [0.5, 0.95, 0.95, 0.95, 0.8, 0.5])})
     row = widths(inside, spec).set_index("tolerance").loc[1.0]
     assert (row["width_grid"], row["censored_grid"]) == (2.0, False)
