@@ -29,6 +29,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from experiments import layout
 from experiments.analysis import plot_steps, style
@@ -217,7 +218,7 @@ def draw_robustness(
 
 def _title(spec: FigureSpec, figure: str) -> str:
     if figure != spec.experiment and spec.extras is not None:
-        return f"{spec.title}: {spec.extras.title}"
+        return f"{spec.title}\n{spec.extras.title}"
     return spec.title
 
 
@@ -289,13 +290,14 @@ def draw_curves(curves: pd.DataFrame, spec: FigureSpec, figure: str) -> plt.Figu
             if _panel_title(panel, spec):
                 title += f", {_panel_title(panel, spec)}"
             ax.set(title=title, xlabel="epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             if spec.score.log:
                 ax.set_yscale("log")
             ax.legend(frameon=False, loc="best")
         for row in axes:
             row[0].set_ylabel(spec.score.label)
         fig.suptitle(
-            f"{_title(spec, figure)}: the {spec.curves} best settings of each method by the final "
+            f"{_title(spec, figure)}\nthe {spec.curves} best settings of each method by the final "
             f"score, mean ± {spec.band:g} std",
             fontsize=8.5,
         )
