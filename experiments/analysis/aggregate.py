@@ -127,8 +127,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         if not selection.runs:
             _fail(
                 f"none of the records of {experiment} is a finished run of its sweep "
-                f"({'; '.join(selection.reasons())}); pass the sweep's overrides, as in "
-                f'make aggregate EXPERIMENT={experiment} ARGS="profile=smoke"'
+                f"({'; '.join(selection.reasons())}): give aggregate the overrides the sweep ran "
+                f'with, make aggregate EXPERIMENT={experiment} ARGS="..."'
             )
         out = aggregate(experiment, results_dir, selection, spec)
     except (FileNotFoundError, ValueError) as error:
