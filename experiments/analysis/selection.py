@@ -46,6 +46,7 @@ from experiments.runner.sweep import expected_runs, load_sweep
 # Config keys (and dotted prefixes) that never change a run's result: where it ran, where its files
 # go, how it logs and checkpoints. They neither tell two runs apart nor make a run a different setting.
 NON_SCIENTIFIC = (
+    "run_id",  # a record's own id, should a runner write it into the config
     "logger",
     "results_dir",
     "data_dir",
