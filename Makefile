@@ -13,7 +13,7 @@ FIG ?= $(EXPERIMENT)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast test-gpu test-slurm test-all lint format bench reproduce-figure sweep status \
-        aggregate plot smoke install-fairseq install-torchrec data-fashion-mnist data-iwslt14 data-criteo clean
+        aggregate plot paper-figures report smoke install-fairseq install-torchrec data-fashion-mnist data-iwslt14 data-criteo clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -68,11 +68,17 @@ sweep: $(STAMP) ## run the lr sweep of EXPERIMENT (LAUNCHER=local|parallel|slurm
 status: $(STAMP) ## how many runs of the sweep of EXPERIMENT are done, diverged, failed, missing
 	$(PY) -m experiments.runner.sweep $(EXPERIMENT) --status $(ARGS)
 
-aggregate: $(STAMP) ## the tidy table and robustness numbers of EXPERIMENT (results/)
-	$(PY) -m experiments.analysis.aggregate $(EXPERIMENT)
+aggregate: $(STAMP) ## the summary and widths of EXPERIMENT's sweep (results/; ARGS: the sweep's overrides)
+	$(PY) -m experiments.analysis.aggregate $(EXPERIMENT) $(ARGS)
 
-plot: $(STAMP) ## the figures of EXPERIMENT (plots/), from the aggregated table
+plot: $(STAMP) ## the figures of EXPERIMENT (plots/), from its aggregated summary
 	$(PY) -m experiments.analysis.plot $(EXPERIMENT)
+
+paper-figures: $(STAMP) ## the paper's six record-backed figures from results/paper (plots/paper/) + widths
+	$(PY) -m experiments.analysis.paper_figures
+
+report: $(STAMP) ## one self-contained HTML page of EXPERIMENT (plots/EXPERIMENT/report.html)
+	$(PY) -m experiments.analysis.report $(EXPERIMENT)
 
 reproduce-figure: $(STAMP) ## sweep + aggregate + plot of FIG (default: Fashion-MNIST MLP on this CPU)
 	PY=$(PY) FIG=$(FIG) LAUNCHER=$(LAUNCHER) ARGS="$(ARGS)" bash scripts/reproduce_figure.sh

@@ -8,7 +8,8 @@ plots all take their file names from here, so the layout changes in one place.
     <results_dir>/runs/<experiment>/.tmp/<run_id>-<pid>/    a record assembled here, then renamed into place
     <results_dir>/runs/<experiment>/.partial/<run_id>/      per-epoch checkpoint of an unfinished run
     <results_dir>/work/<experiment>/<run_id>/               a workload's own files (fairseq's checkpoints)
-    <results_dir>/<experiment>.csv, .parquet, _summary.csv, _trace.parquet, _robustness.csv
+    <results_dir>/<experiment>.csv, .parquet, _summary.csv, _curves.csv, _robustness.csv, _runs.csv,
+                              _trace.parquet  (experiments.analysis.aggregate)
     <results_dir>/paper/<experiment>.csv                    the paper's own records
 """
 
@@ -115,7 +116,18 @@ class AggregatePaths:
 
     @property
     def summary(self) -> Path:
+        """The summary format's final epoch (experiments.analysis.summary): what figures are drawn from."""
         return self._named("_summary.csv")
+
+    @property
+    def curves(self) -> Path:
+        """The summary format, every epoch: the training curves."""
+        return self._named("_curves.csv")
+
+    @property
+    def runs(self) -> Path:
+        """Every record of the experiment and every expected run: selected, left out (why), missing."""
+        return self._named("_runs.csv")
 
     @property
     def trace(self) -> Path:
@@ -123,6 +135,7 @@ class AggregatePaths:
 
     @property
     def robustness(self) -> Path:
+        """The lr-band widths (experiments.analysis.robustness)."""
         return self._named("_robustness.csv")
 
     @property
@@ -131,6 +144,6 @@ class AggregatePaths:
 
 
 def aggregated_experiments(results_dir: str | Path) -> list[str]:
-    """The experiments that have an aggregated table in `results_dir`, sorted."""
-    tables = Path(results_dir).glob("*.parquet")
-    return sorted(p.stem for p in tables if not p.stem.endswith("_trace"))
+    """The experiments that have an aggregated summary in `results_dir`, sorted."""
+    summaries = Path(results_dir).glob("*_summary.csv")
+    return sorted(p.name.removesuffix("_summary.csv") for p in summaries)

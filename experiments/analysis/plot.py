@@ -1,379 +1,368 @@
-"""The paper's figures from the aggregated tables (never from run directories).
+"""The paper's figures from the summary alone (experiments.analysis.summary; never from run directories).
 
     python -m experiments.analysis.plot <experiment> [<experiment> ...] [--results-dir results] [--plots-dir plots]
     python -m experiments.analysis.plot fig1        # the analytic illustration, no training
 
-For an experiment, reads `<results>/<experiment>.parquet` (and `_trace.parquet`, and the paper's record
-`<results>/paper/<experiment>.csv` when there is one) and writes PNG + PDF under `<plots>/<experiment>/`:
-- `robustness`: final train loss (log) and val score against lr (log), mean over seeds with a 2-std band;
-  diverged settings as crosses on the axis; the paper's curve dashed; band widths in the legend;
-- `training_curves`: val score per epoch for the three best lrs of each method;
-- `step_sizes_<optimizer>`: the adaptive step t1 per iteration, its per-epoch median and the cap, per lr;
-- `lb_estimate`: the MoMo* lower-bound estimate against the training loss (when recorded).
-Every call also rewrites `<plots>/best_scores.{md,tex}` from all aggregated tables in `<results>`.
+For an experiment, reads its figure spec (configs/figure/<experiment>.yaml), `<results>/<experiment>_summary.csv`
+and `_curves.csv` (and, for the step sizes and MoMo*'s bound, `_trace.parquet` and the tidy table), and
+writes PNG + PDF under `<plots>/<experiment>/`:
+- `robustness` (the paper's methods) and `robustness_extras` (the spec's extras): final training loss (log)
+  and score against the lr (log), one column per panel variant, one line per method and line variant,
+  mean ± 1 std over seeds (the spec's band); crosses and "k/n" where k of n seeds diverged (at the worst
+  edge of the axis when the mean is not finite); the paper's record as open markers where there is one;
+- `training_curves` (and `_extras`): the score per epoch of each method's best settings;
+- `step_sizes_<optimizer>` and `lb_estimate` (experiments.analysis.plot_steps).
+Every call also rewrites `<plots>/best_scores.{md,tex}` from all aggregated experiments.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import logging
+import math
+import sys
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.ticker import MaxNLocator
 
 from experiments import layout
-from experiments.analysis.aggregate import final_rows, summarise
-from experiments.analysis.robustness import (
-    DEFAULT_TOLERANCES,
-    paper_final,
-    robustness_from_paper,
-    robustness_from_seeds,
+from experiments.analysis import plot_steps, style
+from experiments.analysis.fig1 import plot_fig1
+from experiments.analysis.spec import FigureSpec, load_spec, value_text
+from experiments.analysis.summary import (
+    best,
+    final,
+    read_summary,
+    summarise_paper,
+    variant_values,
 )
 
 log = logging.getLogger(__name__)
 
-# The paper's method colours (docs/experiments.md, Figures). Keys are optimizer names with '-' for '_'.
-COLOURS = {
-    "momo": "#023047",
-    "momo-adam": "#3F88C5",
-    "sgd-m": "#de9151",
-    "adam": "#f34213",
-    "adamw": "#f34213",
-    "momo-star": "#87b37a",
-    "momo-adam-star": "#648381",
-    "prox-sps": "#97BF88",
-    "adabelief": "#FFBF46",
-    "adabound": "#4f9d69",
-    "lion": "#dbabab",
-}
-LABELS = {
-    "momo": "MoMo",
-    "momo-adam": "MoMo-Adam",
-    "sgd-m": "SGD-M",
-    "adam": "Adam",
-    "adamw": "AdamW",
-    "momo-star": "MoMo*",
-    "momo-adam-star": "MoMo-Adam*",
-    "prox-sps": "Prox-SPS",
-    "adabelief": "AdaBelief",
-    "adabound": "AdaBound",
-    "lion": "Lion",
-}
-ORDER = list(COLOURS)
-STYLE = {
-    "font.size": 8,
-    "axes.titlesize": 8,
-    "axes.labelsize": 8,
-    "legend.fontsize": 7,
-    "xtick.labelsize": 7,
-    "ytick.labelsize": 7,
-    "axes.spines.top": False,
-    "axes.spines.right": False,
-    "axes.grid": True,
-    "grid.alpha": 0.25,
-    "grid.linewidth": 0.5,
-    "lines.linewidth": 1.4,
-    "savefig.bbox": "tight",
-    "savefig.dpi": 200,
-}
+
+def _style_index(value: str, spec: FigureSpec) -> int:
+    variant = spec.variant("line")
+    declared = [value_text(v) for v in variant.values] if variant else []
+    return declared.index(value) % len(style.LINESTYLES) if value in declared else 0
 
 
-def _key(name: str) -> str:
-    return str(name).replace("_", "-")
+def _panel_title(panel: str, spec: FigureSpec) -> str:
+    variant = spec.variant("panel")
+    return f"{variant.label} = {panel}" if variant is not None and panel else ""
 
 
-def colour(name: str) -> str:
-    return COLOURS.get(_key(name), "#555555")
+def _band(mean: np.ndarray, std: np.ndarray, width: float, floor: float | None) -> tuple:
+    """mean ± width·std, never below zero (every quantity drawn is non-negative); on a log axis a
+    band that reaches zero is cut at `floor`."""
+    std = np.nan_to_num(std, nan=0.0)
+    low = np.clip(mean - width * std, 0.0, None)
+    if floor is not None:
+        low = np.maximum(low, floor)
+    return low, mean + width * std
 
 
-def label(method: str) -> str:
-    """'momo_adam (weight_decay=0.0001)' -> 'MoMo-Adam (weight_decay=0.0001)'."""
-    base, _, rest = str(method).partition(" ")
-    return (LABELS.get(_key(base), base) + (" " + rest if rest else "")).strip()
+def _log_floor(values: pd.Series) -> float:
+    positive = values[np.isfinite(values) & (values > 0)]
+    return float(positive.min()) / 10.0 if len(positive) else 1e-12
 
 
-def _methods(table: pd.DataFrame) -> list[str]:
-    rank = {name: i for i, name in enumerate(ORDER)}
-    return sorted(table["method"].unique(), key=lambda m: (rank.get(_key(m.split(" ")[0]), 99), m))
+@dataclass
+class _Quantity:
+    """One quantity of the robustness figure on its axes (the summary's `<column>_mean`/`_std`)."""
+
+    ax: plt.Axes
+    column: str  # train_loss | score
+    scale: float  # plotted = recorded × scale
+    worst_top: bool  # a setting without a mean is marked at the top (a loss) or the bottom edge
+    floor: float | None  # on a log axis, where a band that reaches zero stops
 
 
-def _save(fig: plt.Figure, path: Path) -> list[Path]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    out = [path.with_suffix(".png"), path.with_suffix(".pdf")]
-    for file in out:
-        fig.savefig(file)
-    plt.close(fig)
+def _quantities(spec: FigureSpec, column, rows: pd.DataFrame) -> list[_Quantity]:
+    """The training loss (log axis) above the score of one panel column."""
+    score_floor = _log_floor(rows["score_mean"] * spec.score.scale) if spec.score.log else None
+    return [
+        _Quantity(column[0], "train_loss", 1.0, True, _log_floor(rows["train_loss_mean"])),
+        _Quantity(
+            column[1], "score", spec.score.scale, not spec.score.higher_is_better, score_floor
+        ),
+    ]
+
+
+def _draw_setting(
+    q: _Quantity, setting: pd.DataFrame, spec: FigureSpec, key: str, i: int, c: str
+) -> list[tuple]:
+    """One method and line variant over the lrs: line, band; returns its divergence marks."""
+    lr = setting["lr"].to_numpy(dtype=float)
+    mean = setting[f"{q.column}_mean"].to_numpy(dtype=float) * q.scale
+    std = setting[f"{q.column}_std"].to_numpy(dtype=float) * q.scale
+    q.ax.plot(lr, mean, ls=style.LINESTYLES[i], marker=style.MARKERS[i], ms=3, color=c, label=key)
+    low, high = _band(mean, std, spec.band, q.floor)
+    q.ax.fill_between(
+        lr, low, high, where=np.isfinite(mean), color=c, alpha=style.BAND_ALPHA, lw=0,
+        label=f"band {key}",
+    )  # fmt: skip
+    diverged = setting[setting["n_diverged"] > 0]
+    return [
+        (q.ax, r["lr"], r[f"{q.column}_mean"] * q.scale, f"{r['n_diverged']}/{r['n_seeds']}", c)
+        for _, r in diverged.astype({"n_diverged": int, "n_seeds": int}).iterrows()
+    ]
+
+
+def _label_axes(quantities: list[_Quantity], spec: FigureSpec, panel: str, first: bool) -> None:
+    top, bottom = quantities[0].ax, quantities[1].ax
+    top.set(xscale="log", yscale="log", title=_panel_title(panel, spec))
+    bottom.set(xscale="log", xlabel="learning rate", yscale="log" if spec.score.log else "linear")
+    if first:
+        top.set_ylabel(spec.loss.label)
+        bottom.set_ylabel(spec.score.label)
+    if spec.loss.ylim:
+        top.set_ylim(spec.loss.ylim)
+    if spec.score.ylim:
+        bottom.set_ylim(spec.score.ylim)
+
+
+def _mark_diverged(marks: list[tuple], quantities: list[_Quantity]) -> None:
+    """Crosses where seeds diverged: on the point, or at the axis' worst edge when it has no mean."""
+    for quantity in quantities:
+        limits = quantity.ax.get_ylim()
+        edge = limits[1] if quantity.worst_top else limits[0]
+        for ax, lr, y, text, c in marks:
+            if ax is not quantity.ax:
+                continue
+            at = y if math.isfinite(y) else edge
+            ax.plot([lr], [at], "x", color=c, ms=6, mew=1.5, clip_on=False, zorder=5)
+            ax.annotate(
+                text, (lr, at), xytext=(3, 3), textcoords="offset points", fontsize=5.5, color=c
+            )
+        quantity.ax.set_ylim(limits)
+
+
+def _legend(
+    fig, spec: FigureSpec, methods: list[str], lines: list[str], paper: bool, diverged: bool
+) -> None:
+    handles = [
+        plt.Line2D([], [], color=style.colour(m), marker="o", ms=3, label=style.label(m))
+        for m in methods
+    ]
+    variant = spec.variant("line")
+    for value in [v for v in lines if v] if variant is not None else []:
+        i = _style_index(value, spec)
+        handles.append(
+            plt.Line2D(
+                [],
+                [],
+                color="grey",
+                ls=style.LINESTYLES[i],
+                marker=style.MARKERS[i],
+                ms=3,
+                label=f"{variant.label} = {value}",
+            )
+        )
+    if paper:
+        handles.append(
+            plt.Line2D(
+                [], [], ls="none", marker="o", mfc="none", color="grey", label="paper record"
+            )
+        )
+    if diverged:
+        handles.append(
+            plt.Line2D(
+                [], [], ls="none", marker="x", mew=1.5, color="grey", label="k/n seeds diverged"
+            )
+        )
+    fig.legend(handles=handles, loc="outside right center", frameon=False)
+
+
+def draw_robustness(
+    summary: pd.DataFrame, spec: FigureSpec, figure: str, paper: pd.DataFrame | None = None
+) -> plt.Figure:
+    """Final training loss and score against the lr (the paper's main figure), from the final-epoch
+    summary; `paper`: the paper's final-epoch summary of the same figure, drawn as open markers."""
+    rows = summary[summary["figure"] == figure]
+    methods = style.order(rows["method"].unique(), spec.figures()[figure])
+    panels, lines = variant_values(rows, spec, "panel"), variant_values(rows, spec, "line")
+    marks: list[tuple] = []
+    every: list[_Quantity] = []
+    with plt.rc_context(style.STYLE):
+        fig, axes = plt.subplots(
+            2, len(panels), figsize=(3.0 * len(panels) + 1.5, 4.6), sharex="col", sharey="row",
+            squeeze=False, layout="constrained",
+        )  # fmt: skip
+        for col, panel in enumerate(panels):
+            quantities = _quantities(spec, axes[:, col], rows)
+            every += quantities
+            for method, line in itertools.product(methods, lines):
+                setting = rows[(rows["panel"] == panel) & (rows["method"] == method)]
+                setting = setting[setting["line"] == line].sort_values("lr")
+                if setting.empty:
+                    continue
+                i, c = _style_index(line, spec), style.colour(method)
+                for q in quantities:
+                    marks += _draw_setting(q, setting, spec, f"{method}|{line}", i, c)
+                if paper is not None:
+                    _overlay(paper, figure, panel, method, line, quantities, i, c)
+            _label_axes(quantities, spec, panel, first=col == 0)
+        _mark_diverged(marks, every)
+        _legend(fig, spec, methods, lines, paper is not None, bool(marks))
+        n = int(rows["n_seeds"].max()) if len(rows) else 0
+        spread = f"mean ± {spec.band:g} std over {n} seeds" if n > 1 else "one seed (no band)"
+        fig.suptitle(f"{_title(spec, figure)}\nfinal epoch, {spread}", fontsize=8.5)
+    return fig
+
+
+def _title(spec: FigureSpec, figure: str) -> str:
+    if figure != spec.experiment and spec.extras is not None:
+        return f"{spec.title}\n{spec.extras.title}"
+    return spec.title
+
+
+def _overlay(paper, figure, panel, method, line, quantities, i: int, c: str) -> None:
+    ref = paper[(paper["figure"] == figure) & (paper["panel"] == panel)]
+    ref = ref[(ref["method"] == method) & (ref["line"] == line)].sort_values("lr")
+    for q in quantities:
+        q.ax.plot(
+            ref["lr"],
+            ref[f"{q.column}_mean"] * q.scale,
+            ls="none",
+            marker=style.MARKERS[i],
+            mfc="none",
+            mec=c,
+            ms=4.5,
+            mew=0.8,
+            label=f"paper {method}|{line}",
+        )
+
+
+def pick_curves(summary: pd.DataFrame, spec: FigureSpec, n: int) -> pd.DataFrame:
+    """The n best settings (lr and line variant) per figure, panel and method by the final score,
+    in the score's direction (the lowest MSE, the highest accuracy)."""
+    ranked = summary.dropna(subset=["score_mean"]).sort_values(
+        "score_mean", ascending=not spec.score.higher_is_better, kind="stable"
+    )
+    return ranked.groupby(["figure", "panel", "method"], sort=False).head(n)
+
+
+def _draw_curve(
+    ax, curve: pd.DataFrame, pick: pd.Series, rank: int, spec: FigureSpec, floor
+) -> None:
+    """One setting's score per epoch, fainter with its rank, with its band."""
+    mean = curve["score_mean"].to_numpy(dtype=float) * spec.score.scale
+    std = curve["score_std"].to_numpy(dtype=float) * spec.score.scale
+    i, shade, c = _style_index(pick["line"], spec), 1.0 - 0.28 * rank, style.colour(pick["method"])
+    name = f"lr {pick['lr']:g}"
+    if pick["line"]:
+        name += f", {spec.variant('line').label}={pick['line']}"
+    ax.plot(curve["epoch"], mean, ls=style.LINESTYLES[i], color=c, alpha=shade, label=name)
+    low, high = _band(mean, std, spec.band, floor)
+    ax.fill_between(curve["epoch"], low, high, color=c, alpha=0.1 * shade, lw=0)
+
+
+def draw_curves(curves: pd.DataFrame, spec: FigureSpec, figure: str) -> plt.Figure:
+    """The score per epoch of each method's best settings (one panel per method and panel variant)."""
+    rows = curves[curves["figure"] == figure]
+    picked = pick_curves(final(rows), spec, spec.curves)
+    methods = style.order(rows["method"].unique(), spec.figures()[figure])
+    panels = variant_values(rows, spec, "panel")
+    floor = _log_floor(rows["score_mean"] * spec.score.scale) if spec.score.log else None
+    with plt.rc_context(style.STYLE):
+        fig, axes = plt.subplots(
+            len(panels),
+            len(methods),
+            figsize=(2.0 * len(methods) + 0.6, 2.3 * len(panels) + 0.3),
+            sharey=True,
+            squeeze=False,
+            layout="constrained",
+        )
+        for (p, panel), (m, method) in itertools.product(enumerate(panels), enumerate(methods)):
+            ax = axes[p][m]
+            chosen = picked[(picked["panel"] == panel) & (picked["method"] == method)]
+            for rank, (_, pick) in enumerate(chosen.iterrows()):
+                curve = rows[(rows["panel"] == panel) & (rows["method"] == method)]
+                curve = curve[(curve["lr"] == pick["lr"]) & (curve["line"] == pick["line"])]
+                _draw_curve(ax, curve.sort_values("epoch"), pick, rank, spec, floor)
+            title = style.label(method)
+            if _panel_title(panel, spec):
+                title += f", {_panel_title(panel, spec)}"
+            ax.set(title=title, xlabel="epoch")
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            if spec.score.log:
+                ax.set_yscale("log")
+            ax.legend(frameon=False, loc="best")
+        for row in axes:
+            row[0].set_ylabel(spec.score.label)
+        fig.suptitle(
+            f"{_title(spec, figure)}\nthe {spec.curves} best settings of each method by the final "
+            f"score, mean ± {spec.band:g} std",
+            fontsize=8.5,
+        )
+    return fig
+
+
+def _read_summaries(files: layout.AggregatePaths) -> tuple[pd.DataFrame, pd.DataFrame]:
+    for path in (files.summary, files.curves):
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"no aggregated runs of {files.experiment} ({path} is missing): "
+                f"make aggregate EXPERIMENT={files.experiment} writes it"
+            )
+    return read_summary(files.summary), read_summary(files.curves)
+
+
+def paper_summary(spec: FigureSpec, results_dir: Path) -> pd.DataFrame | None:
+    """The final-epoch summary of the spec's paper record, or None without one."""
+    if spec.paper is None:
+        return None
+    path = layout.AggregatePaths(Path(results_dir), spec.paper.record).paper
+    return final(summarise_paper(pd.read_csv(path), spec)) if path.is_file() else None
+
+
+def figures(spec: FigureSpec, summary, curves, paper=None) -> dict[str, plt.Figure]:
+    """Every summary figure of a spec, by file name (robustness, training_curves, and _extras)."""
+    out = {}
+    for figure in spec.figures():
+        if not (summary["figure"] == figure).any():
+            continue
+        suffix = "" if figure == spec.experiment else "_extras"
+        overlay = paper if paper is not None and spec.paper and spec.paper.overlay else None
+        out[f"robustness{suffix}"] = draw_robustness(summary, spec, figure, overlay)
+        out[f"training_curves{suffix}"] = draw_curves(curves, spec, figure)
     return out
 
 
-def _score_axis(table: pd.DataFrame) -> tuple[str, float]:
-    """The score's axis label and the factor that turns it into points (percent for accuracies)."""
-    name = (
-        str(table["score_name"].dropna().iloc[0]) if table["score_name"].notna().any() else "score"
-    )
-    return (f"val {name} (%)", 100.0) if name == "acc" else (f"val {name}", 1.0)
-
-
-def plot_robustness(
-    table: pd.DataFrame,
-    path: Path,
-    paper: pd.DataFrame | None = None,
-    tolerances: Sequence[float] = DEFAULT_TOLERANCES,
+def plot_experiment(
+    experiment: str, results_dir: Path = Path("results"), plots_dir: Path = Path("plots")
 ) -> list[Path]:
-    """Final train loss and val score against lr, one line per method (the paper's main figure)."""
-    summary = summarise(table)
-    final = final_rows(table).rename(columns={"val/score": "score"})
-    higher = (
-        bool(final["higher_is_better"].dropna().iloc[0])
-        if final["higher_is_better"].notna().any()
-        else True
-    )
-    rob = robustness_from_seeds(
-        final[["method", "lr", "seed", "score"]], tolerances, higher_is_better=higher
-    )
-    score_label, points = _score_axis(table)
-    paper_last = paper_final(paper) if paper is not None else None
-    paper_rob = robustness_from_paper(paper, tolerances) if paper is not None else None
-
-    diverged: dict[str, pd.Series] = {}
-    with plt.rc_context(STYLE):
-        fig, (ax_loss, ax_score) = plt.subplots(1, 2, figsize=(7.2, 2.7), layout="constrained")
-        for method in _methods(table):
-            rows = summary[summary["method"] == method].sort_values("lr")
-            c = colour(method.split(" ")[0])
-            bands = " | ".join(f"{w:.1f}" for w in rob.loc[rob["method"] == method, "width"])
-            ok = rows["n_completed"] > 0
-            for ax, metric, scale in (
-                (ax_loss, "train/loss", 1.0),
-                (ax_score, "val/score", points),
-            ):
-                mean = rows[f"{metric}_mean"] * scale
-                std = rows[f"{metric}_std"].fillna(0.0) * scale
-                # A log axis cannot show mean - 2 std <= 0: floor the band at a hundredth of the mean.
-                low = (mean - 2 * std).clip(lower=mean * 1e-2) if ax is ax_loss else mean - 2 * std
-                ax.plot(
-                    rows["lr"][ok],
-                    mean[ok],
-                    "o-",
-                    color=c,
-                    ms=3,
-                    label=f"{label(method)}  [{bands}]",
-                )
-                ax.fill_between(
-                    rows["lr"][ok], low[ok], (mean + 2 * std)[ok], color=c, alpha=0.18, lw=0
-                )
-            if (rows["n_diverged"] > 0).any():
-                diverged[c] = rows["lr"][rows["n_diverged"] > 0]
-            if paper_last is not None:
-                ref = paper_last[paper_last["method"].map(_key) == _key(method)].sort_values("lr")
-                ax_loss.plot(ref["lr"], ref["train_loss"], "--", color=c, lw=0.9, alpha=0.8)
-                ax_score.plot(
-                    ref["lr"], ref["val_score"] * points, "--", color=c, lw=0.9, alpha=0.8
-                )
-        ax_loss.set(xscale="log", yscale="log", xlabel="learning rate", ylabel="final train loss")
-        ax_score.set(xscale="log", xlabel="learning rate", ylabel=f"final {score_label}")
-        # Diverged settings sit on the axis: loss off the top, score off the bottom.
-        for ax, edge in ((ax_loss, 1), (ax_score, 0)):
-            limits = ax.get_ylim()
-            for c, lrs in diverged.items():
-                ax.plot(lrs, [limits[edge]] * len(lrs), "x", color=c, ms=6, mew=1.5, clip_on=False)
-            ax.set_ylim(limits)
-        handles, labels = ax_score.get_legend_handles_labels()
-        if paper_last is not None:
-            handles.append(plt.Line2D([], [], ls="--", color="grey", lw=0.9))
-            labels.append("paper record")
-        handles.append(plt.Line2D([], [], ls="none", marker="x", color="grey", mew=1.5))
-        labels.append("diverged")
-        tol = " | ".join(f"{t:g}" for t in tolerances)
-        fig.legend(
-            handles,
-            labels,
-            loc="outside right center",
-            frameon=False,
-            title=f"good-lr band, decades\n(within {tol} pt of best)",
-            title_fontsize=7,
-        )
-        if paper_rob is not None:
-            ours = {_key(m.split(" ")[0]) for m in table["method"]}
-            bands = ", ".join(
-                f"{label(m)} {' | '.join(f'{w:.1f}' for w in r['width'])}"
-                for m, r in paper_rob.groupby("method")
-                if _key(m) in ours
-            )
-            fig.supxlabel(f"paper record bands: {bands}", fontsize=6.5, color="#444444")
-        experiment = str(table["experiment"].iloc[0])
-        fig.suptitle(f"{experiment}: final epoch, mean over seeds ± 2 std", fontsize=8.5)
-        return _save(fig, path)
-
-
-def plot_training_curves(table: pd.DataFrame, path: Path, n_best: int = 3) -> list[Path]:
-    """Val score per epoch for the n best lrs of each method (by final mean val score)."""
-    summary = summarise(table)
-    score_label, points = _score_axis(table)
-    methods = _methods(table)
-    done = table[table["status"] == "completed"]
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(
-            1,
-            len(methods),
-            figsize=(1.9 * len(methods) + 0.6, 2.5),
-            sharey=True,
-            squeeze=False,
-            layout="constrained",
-        )
-        for ax, method in zip(axes[0], methods, strict=True):
-            rows = summary[summary["method"] == method].dropna(subset=["val/score_mean"])
-            best = rows.nlargest(n_best, "val/score_mean")["lr"]
-            for rank, lr in enumerate(sorted(best)):
-                runs = done[(done["method"] == method) & (done["lr"] == lr)]
-                curve = runs.groupby("epoch")["val/score"].agg(["mean", "std"]).fillna(0.0) * points
-                shade = 1.0 - 0.3 * rank
-                c = colour(method.split(" ")[0])
-                ax.plot(curve.index, curve["mean"], color=c, alpha=shade, label=f"lr {lr:g}")
-                ax.fill_between(
-                    curve.index,
-                    curve["mean"] - 2 * curve["std"],
-                    curve["mean"] + 2 * curve["std"],
-                    color=c,
-                    alpha=0.12 * shade,
-                    lw=0,
-                )
-            ax.set(title=label(method), xlabel="epoch")
-            ax.legend(frameon=False, loc="lower right")
-        axes[0][0].set_ylabel(score_label)
-        return _save(fig, path)
-
-
-def plot_step_sizes(trace: pd.DataFrame, path: Path, optimizer: str) -> list[Path]:
-    """Adaptive step t1 per iteration (dots), its per-epoch median and the cap lr/rho, one panel per lr."""
-    runs = trace[(trace["optimizer"] == optimizer) & trace["adaptive_step"].notna()]
-    runs = runs[runs["seed"] == runs["seed"].min()]  # one seed: the panels show a single trajectory
-    lrs = sorted(runs["lr"].unique())
-    ncols = min(4, len(lrs))
-    nrows = -(-len(lrs) // ncols)
-    c = colour(optimizer)
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(
-            nrows,
-            ncols,
-            figsize=(1.8 * ncols + 0.5, 1.7 * nrows + 0.4),
-            sharex=True,
-            sharey=True,
-            squeeze=False,
-            layout="constrained",
-        )
-        for ax, lr in zip(axes.flat, lrs, strict=False):
-            run = runs[runs["lr"] == lr].sort_values("step")
-            t1 = run["adaptive_step"].clip(lower=1e-12)
-            ax.scatter(
-                run["step"],
-                t1,
-                s=1.5,
-                color="#9a9a9a",
-                alpha=0.5,
-                lw=0,
-                rasterized=True,
-                label="$t_1$",
-            )
-            median = run.groupby("epoch").agg(
-                step=("step", "median"), t1=("adaptive_step", "median")
-            )
-            ax.plot(
-                median["step"],
-                median["t1"].clip(lower=1e-12),
-                color=c,
-                marker="o",
-                ms=2.5,
-                label="epoch median",
-            )
-            ax.plot(run["step"], run["cap"], color="black", lw=1.0, label=r"cap $\alpha/\rho_k$")
-            ax.set(yscale="log", title=f"lr = {lr:g}")
-        for ax in axes.flat[len(lrs) :]:
-            ax.set_visible(False)
-        # The lowest visible panel of each column carries the x axis.
-        for col in range(ncols):
-            lowest = axes[(len(lrs) - 1 - col) // ncols, col]
-            lowest.xaxis.set_tick_params(labelbottom=True)
-            lowest.set_xlabel("iteration")
-        for ax in axes[:, 0]:
-            ax.set_ylabel("step size")
-        axes.flat[0].legend(frameon=False, loc="lower left", markerscale=3)
-        fig.suptitle(f"{label(optimizer)}: adaptive step sizes", fontsize=8.5)
-        return _save(fig, path)
-
-
-def plot_lb_estimate(table: pd.DataFrame, path: Path) -> list[Path]:
-    """Train loss per epoch of every method at its best lr, and the MoMo* lower-bound estimates."""
-    summary = summarise(table).dropna(subset=["train/loss_mean"])
-    best = summary.loc[summary.groupby("method")["train/loss_mean"].idxmin(), ["method", "lr"]]
-    runs = table.merge(best, on=["method", "lr"])
-    with plt.rc_context(STYLE):
-        fig, (ax_loss, ax_lb) = plt.subplots(1, 2, figsize=(7.2, 2.6), layout="constrained")
-        for method in _methods(runs):
-            rows = runs[runs["method"] == method]
-            curve = rows.groupby("epoch")[["train/loss", "optim/lb_estimate"]].mean()
-            c = colour(method.split(" ")[0])
-            lr = rows["lr"].iloc[0]
-            ax_loss.plot(
-                curve.index, curve["train/loss"], color=c, label=f"{label(method)} (lr {lr:g})"
-            )
-            if curve["optim/lb_estimate"].notna().any():
-                ax_lb.plot(
-                    curve.index,
-                    curve["optim/lb_estimate"],
-                    color=c,
-                    ls="--",
-                    label=f"{label(method)}: lb estimate",
-                )
-                ax_lb.plot(
-                    curve.index, curve["train/loss"], color=c, label=f"{label(method)}: train loss"
-                )
-        ax_loss.set(
-            yscale="log", xlabel="epoch", ylabel="train loss", title="train loss at the best lr"
-        )
-        ax_lb.set(xlabel="epoch", title="MoMo*: lower-bound estimate vs loss")
-        # symlog: the estimate may be negative (a wrong initial bound) while the loss spans decades;
-        # linear only below a tenth of the smallest magnitude plotted
-        magnitudes = [abs(y) for line in ax_lb.get_lines() for y in line.get_ydata() if y]
-        ax_lb.set_yscale("symlog", linthresh=0.1 * min(magnitudes, default=1.0))
-        ax_lb.axhline(0.0, color="black", lw=0.6)
-        ax_loss.legend(frameon=False)
-        ax_lb.legend(frameon=False)
-        return _save(fig, path)
+    """Every figure of one experiment from its aggregated tables."""
+    spec = load_spec(experiment)
+    files = layout.AggregatePaths(Path(results_dir), experiment)
+    summary, curves = _read_summaries(files)
+    out_dir = Path(plots_dir) / experiment
+    drawn = figures(spec, summary, curves, paper_summary(spec, results_dir))
+    drawn |= plot_steps.diagnostic_figures(files, summary)
+    return [path for name, fig in drawn.items() for path in style.save(fig, out_dir / name)]
 
 
 def best_score_table(results_dir: Path) -> pd.DataFrame:
-    """Best final val score (mean ± std over seeds, at the best lr) per method and experiment."""
+    """Best final score (mean ± std over seeds, at the best lr) per method and figure."""
     rows = []
     for experiment in layout.aggregated_experiments(results_dir):
-        table = pd.read_parquet(layout.AggregatePaths(Path(results_dir), experiment).parquet)
-        _, points = _score_axis(table)
-        higher = (
-            bool(table["higher_is_better"].dropna().iloc[0])
-            if table["higher_is_better"].notna().any()
-            else True
-        )
-        summary = summarise(table).dropna(subset=["val/score_mean"])
-        by_method = summary.groupby("method")["val/score_mean"]
-        best = summary.loc[by_method.idxmax() if higher else by_method.idxmin()]
-        for _, r in best.iterrows():
-            mean, std = r["val/score_mean"] * points, np.nan_to_num(r["val/score_std"]) * points
+        spec = load_spec(experiment)
+        summary, _ = _read_summaries(layout.AggregatePaths(Path(results_dir), experiment))
+        for _, r in best(summary, spec).iterrows():
+            cell = spec.score_text(r["score_mean"], r["score_std"])
+            variant = f" ({r['variant']})" if r["variant"] else ""
             rows.append(
-                {
-                    "experiment": experiment,
-                    "method": label(r["method"]),
-                    "cell": f"{mean:.2f} ± {std:.2f}",
-                }
+                {"figure": r["figure"], "method": style.label(r["method"]) + variant, "cell": cell}
             )
     if not rows:
         return pd.DataFrame()
-    return pd.DataFrame(rows).pivot(index="experiment", columns="method", values="cell").fillna("")
+    return pd.DataFrame(rows).pivot(index="figure", columns="method", values="cell").fillna("")
 
 
 def write_best_scores(results_dir: Path, plots_dir: Path) -> list[Path]:
@@ -383,94 +372,12 @@ def write_best_scores(results_dir: Path, plots_dir: Path) -> list[Path]:
         return []
     plots_dir.mkdir(parents=True, exist_ok=True)
     md, tex = plots_dir / "best_scores.md", plots_dir / "best_scores.tex"
-    md.write_text(_markdown(table))
-    tex.write_text(table.to_latex(escape=True))
-    return [md, tex]
-
-
-def _markdown(table: pd.DataFrame) -> str:
-    header = [table.index.name or "", *table.columns]
+    header = ["figure", *table.columns]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join([str(i), *map(str, row)]) + " |" for i, row in table.iterrows()]
-    return "\n".join(lines) + "\n"
-
-
-def plot_fig1(path: Path, alpha: float = 5.0, beta: float = 0.9) -> list[Path]:
-    """Fig. 1: the truncated model max{averaged linearisation, f_*} on two 1-D losses (no training).
-
-    The past iterates come from a few SGD-M steps with a small lr; from the last one, SGD-M with lr
-    alpha follows the averaged gradient all the way, MoMo stops where the model reaches f_* = 0.
-    """
-    losses = {
-        "$f(x) = x^2/2$": (lambda x: 0.5 * x**2, lambda x: x, 0.04),
-        r"$f(x) = \log\cosh(x)$": (lambda x: np.log(np.cosh(x)), lambda x: np.tanh(x), 0.1),
-    }
-    with plt.rc_context(STYLE):
-        fig, axes = plt.subplots(1, 2, figsize=(7.2, 2.6), layout="constrained")
-        for ax, (title, (f, g, warmup_lr)) in zip(axes, losses.items(), strict=True):
-            x, fbar, d, gamma, path_x = 3.0, None, None, None, []
-            for _ in range(10):  # SGD-M warm-up with a small lr: the memory of the averages
-                fx, gx = f(x), g(x)
-                if fbar is None:
-                    fbar, d, gamma = fx, gx, gx * x
-                else:
-                    fbar = beta * fbar + (1 - beta) * fx
-                    d = beta * d + (1 - beta) * gx
-                    gamma = beta * gamma + (1 - beta) * gx * x
-                path_x.append(x)
-                x = x - warmup_lr * d
-            x = path_x[-1]
-            t1 = max(fbar + d * x - gamma, 0.0) / d**2
-            x_momo, x_sgdm = x - min(alpha, t1) * d, x - alpha * d
-            grid = np.linspace(min(x_sgdm, -1.0) - 0.5, 3.5, 400)
-            ax.plot(grid, f(grid), color="black", lw=1.2, label="loss $f$")
-            ax.plot(
-                grid,
-                np.maximum(fbar + d * grid - gamma, 0.0),  # the model, truncated at f_* = 0
-                color="#3F88C5",
-                lw=1.4,
-                label="MoMo model (truncated at $f_*$)",
-            )
-            ax.scatter(
-                path_x, f(np.array(path_x)), s=10, color="#9a9a9a", zorder=3, label="past iterates"
-            )
-            ax.scatter([x], [f(x)], s=22, color="black", zorder=4, label="$x_k$")
-            for x_next, c, name in ((x_momo, "#023047", "MoMo"), (x_sgdm, "#de9151", "SGD-M")):
-                ax.axvline(x_next, color=c, ls="--", lw=0.9)
-                ax.scatter(
-                    [x_next],
-                    [f(x_next)],
-                    s=40,
-                    marker="*",
-                    color=c,
-                    zorder=4,
-                    label=f"{name} $x_{{k+1}}$",
-                )
-            ax.set(title=title, xlabel="x", ylim=(-0.3, 1.3 * f(3.5)))
-        axes[0].legend(frameon=False, loc="upper center")
-        fig.suptitle(rf"One step from $x_k$ with learning rate $\alpha$ = {alpha:g}", fontsize=8.5)
-        return _save(fig, path)
-
-
-def plot_experiment(
-    experiment: str, results_dir: Path = Path("results"), plots_dir: Path = Path("plots")
-) -> list[Path]:
-    """Every figure of one experiment from its aggregated tables."""
-    files, out_dir = (
-        layout.AggregatePaths(Path(results_dir), experiment),
-        Path(plots_dir) / experiment,
-    )
-    table = pd.read_parquet(files.parquet)
-    paper = pd.read_csv(files.paper) if files.paper.is_file() else None
-    written = plot_robustness(table, out_dir / "robustness", paper)
-    written += plot_training_curves(table, out_dir / "training_curves")
-    if files.trace.is_file():
-        trace = pd.read_parquet(files.trace)
-        for optimizer in sorted(trace.loc[trace["adaptive_step"].notna(), "optimizer"].unique()):
-            written += plot_step_sizes(trace, out_dir / f"step_sizes_{optimizer}", optimizer)
-    if "optim/lb_estimate" in table and table["optim/lb_estimate"].notna().any():
-        written += plot_lb_estimate(table, out_dir / "lb_estimate")
-    return written
+    md.write_text("\n".join(lines) + "\n")
+    tex.write_text(table.to_latex(escape=True))
+    return [md, tex]
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -483,12 +390,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     written: list[Path] = []
-    for experiment in args.experiments:
-        if experiment == "fig1":
-            written += plot_fig1(args.plots_dir / "fig1" / "truncated_model")
-        else:
-            written += plot_experiment(experiment, args.results_dir, args.plots_dir)
-    written += write_best_scores(args.results_dir, args.plots_dir)
+    try:
+        for experiment in args.experiments:
+            if experiment == "fig1":
+                written += plot_fig1(args.plots_dir / "fig1" / "truncated_model")
+            else:
+                written += plot_experiment(experiment, args.results_dir, args.plots_dir)
+        written += write_best_scores(args.results_dir, args.plots_dir)
+    except (FileNotFoundError, ValueError) as error:
+        print(f"plot: {error}", file=sys.stderr)
+        sys.exit(1)
     for path in written:
         print(path)
 

@@ -1,171 +1,151 @@
 """Robustness to the learning rate as a number: the width of a method's good learning-rate band.
 
-For one method, let s(lr) be the final validation score, averaged over seeds, on the swept lr grid. The
-band at tolerance delta is the contiguous run of grid points around the best lr whose mean score is
-within delta of the best one; its width is log10(largest lr) - log10(smallest lr), in decades. A
-diverged setting (NaN score) is never in the band, so a collapse between two good lrs cuts the band.
+For one method and variant of a figure, s(lr) is the plotted final score (the summary's `score_mean`
+times the spec's scale) on the swept grid: exactly the values the robustness figure draws. The band at
+tolerance t is the contiguous run of grid points around the best lr whose score is within t of the best,
+in the spec's unit: `points` (|s - best| <= t in plotted units: accuracy or AUC points, BLEU points) or
+`relative` (|s - best| <= t·|best|: an MSE). A setting whose mean is not finite is never in the band, so
+it cuts the band. The width is log10(highest lr) - log10(lowest lr) of the band, in decades:
 
-The interval is a bootstrap over seeds: each lr's seeds are resampled with replacement and the width is
-recomputed. The paper's records hold only the mean and standard deviation per lr, so for them the seeds
-are redrawn from a normal distribution with that mean and deviation (a parametric bootstrap).
+- `width`: on the lr range common to the methods compared (the spec's `compare` groups: each MoMo
+  against its base method; the overlap of their grids), so that widths of methods swept over different
+  grids compare;
+- `width_grid`: on the method's own grid, reported beside it.
 
-Tolerances are given in points: `scale` converts a score to points (100 for scores in [0, 1]).
+A width is censored, printed "≥", when its band reaches the end of the range it is measured on: a wider
+grid might have found a wider band.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
 
 import numpy as np
 import pandas as pd
 
-DEFAULT_TOLERANCES = (1.0, 5.0)
-N_BOOTSTRAP = 1000
-
-# The paper's default setting of each method: the robustness figures compare these.
-PAPER_DEFAULTS = {"lr_schedule": "constant", "weight_decay": 0.0, "lb": (0.0, "0.0", "none")}
+from experiments.analysis import style
+from experiments.analysis.spec import FigureSpec
+from experiments.analysis.summary import variant_values
 
 
-def band_width(
-    lrs: np.ndarray, scores: np.ndarray, tolerance: float, higher_is_better: bool = True
-) -> np.ndarray:
-    """Width in decades of the good band around the best lr, for each row of `scores`.
+def band(lrs: np.ndarray, scores: np.ndarray, tolerance: float, spec: FigureSpec) -> np.ndarray:
+    """Indices (into the ascending `lrs`) of the good band around the best score; empty if none."""
+    signed = scores if spec.score.higher_is_better else -scores
+    signed = np.where(np.isfinite(signed), signed, -np.inf)
+    best = int(np.argmax(signed))
+    if not np.isfinite(signed[best]):
+        return np.array([], dtype=int)
+    slack = tolerance if spec.score.tolerance == "points" else tolerance * abs(scores[best])
+    good = signed >= signed[best] - slack
+    low = best
+    while low > 0 and good[low - 1]:
+        low -= 1
+    high = best
+    while high < len(lrs) - 1 and good[high + 1]:
+        high += 1
+    return np.arange(low, high + 1)
 
-    `lrs` has shape (n_lr,) sorted ascending; `scores` has shape (..., n_lr), NaN where diverged.
-    Rows with no finite score get width NaN.
+
+def _width(lrs: np.ndarray, members: np.ndarray, lo: float, hi: float) -> tuple[float, bool]:
+    """Width in decades of the band `members` within [lo, hi], and whether it is censored there.
+
+    Censored: the band reaches the range's end and either continues beyond it or the grid ends there.
     """
-    signed = np.where(np.isnan(scores), -np.inf, scores if higher_is_better else -scores)
-    best = signed.max(axis=-1, keepdims=True)
-    good = signed >= best - tolerance
-    best_idx = signed.argmax(axis=-1)
-    n_lr = lrs.shape[0]
-    idx = np.arange(n_lr)
-    # Grow the band from the best lr outwards: a point belongs to it when every point between it and
-    # the best one is good.
-    left_bad = np.where(~good & (idx <= best_idx[..., None]), idx, -1).max(axis=-1)
-    right_bad = np.where(~good & (idx >= best_idx[..., None]), idx, n_lr).min(axis=-1)
-    log_lr = np.log10(lrs)
-    width = log_lr[right_bad - 1] - log_lr[left_bad + 1]
-    return np.where(np.isfinite(best[..., 0]), width, np.nan)
+    inside = members[(lrs[members] >= lo) & (lrs[members] <= hi)]
+    if inside.size == 0:
+        return math.nan, False
+    first, last = lrs[inside[0]], lrs[inside[-1]]
+    range_lrs = lrs[(lrs >= lo) & (lrs <= hi)]
+    at_low = first == range_lrs[0] and (lrs[members[0]] < lo or members[0] == 0)
+    at_high = last == range_lrs[-1] and (lrs[members[-1]] > hi or members[-1] == len(lrs) - 1)
+    return float(np.log10(last) - np.log10(first)), bool(at_low or at_high)
 
 
-def _interval(samples: np.ndarray, level: float) -> tuple[float, float]:
-    alpha = (1.0 - level) / 2.0
-    finite = samples[np.isfinite(samples)]
-    if finite.size == 0:
-        return float("nan"), float("nan")
-    return float(np.quantile(finite, alpha)), float(np.quantile(finite, 1.0 - alpha))
+def _common_range(final: pd.DataFrame, group: list[str]) -> tuple[float, float]:
+    grids = final[final["method"].isin(group)].groupby("method")["lr"]
+    return float(grids.min().max()), float(grids.max().min())
 
 
-def _summarise(
-    method: str,
-    lrs: np.ndarray,
-    mean: np.ndarray,
-    boot_means: np.ndarray,
-    tolerances: Sequence[float],
-    scale: float,
-    higher_is_better: bool,
-    level: float,
-) -> list[dict]:
+def widths(summary: pd.DataFrame, spec: FigureSpec) -> pd.DataFrame:
+    """One row per figure, method, variant and tolerance from the final-epoch summary."""
     rows = []
-    signed = np.where(np.isnan(mean), -np.inf, mean if higher_is_better else -mean)
-    best = int(signed.argmax())
-    for tol in tolerances:
-        width = band_width(lrs, mean * scale, tol, higher_is_better)
-        low, high = _interval(band_width(lrs, boot_means * scale, tol, higher_is_better), level)
-        rows.append(
-            {
-                "method": method,
-                "tolerance": tol,
-                "width": float(width),
-                "low": low,
-                "high": high,
-                "best_lr": float(lrs[best]),
-                "best_score": float(mean[best]),
-            }
-        )
+    for figure, methods in spec.figures().items():
+        in_figure = summary[summary["figure"] == figure]
+        for panel in variant_values(in_figure, spec, "panel"):
+            final = in_figure[in_figure["panel"] == panel]
+            shown = style.order(final["method"].unique(), methods)
+            pairs = final[["method", "variant"]].drop_duplicates().itertuples(index=False)
+            for method, variant in sorted(pairs, key=lambda p: (shown.index(p[0]), p[1])):
+                runs = final[(final["method"] == method) & (final["variant"] == variant)]
+                rows += _rows(runs.sort_values("lr"), final, spec, shown, figure, panel)
+    columns = ["figure", "method", "variant", "panel", "tolerance", "best_lr", "best_score"]
+    columns += ["best_std", "width", "censored", "width_grid", "censored_grid", "lr_low", "lr_high"]
+    return pd.DataFrame(rows).reindex(columns=columns)
+
+
+def _rows(runs, final, spec: FigureSpec, shown, figure: str, panel: str) -> list[dict]:
+    """The width rows (one per tolerance) of one method and variant in a figure's panel."""
+    method, variant = runs["method"].iloc[0], runs["variant"].iloc[0]
+    lrs = runs["lr"].to_numpy(dtype=float)
+    scores = runs["score_mean"].to_numpy(dtype=float) * spec.score.scale
+    lo, hi = _common_range(final, spec.group_of(method, shown))
+    rows = []
+    for tolerance in spec.score.tolerances:
+        row = {"figure": figure, "method": method, "variant": variant, "panel": panel}
+        row |= {"tolerance": tolerance, "lr_low": lo, "lr_high": hi}
+        members = band(lrs, scores, tolerance, spec)
+        if members.size:
+            signed = scores[members] * (1 if spec.score.higher_is_better else -1)
+            best = members[np.argmax(signed)]
+            best_row = runs.iloc[best]  # the score in recorded units, as in the summary
+            row |= {"best_lr": lrs[best], "best_score": best_row["score_mean"]}
+            row["best_std"] = best_row["score_std"]
+            row["width"], row["censored"] = _width(lrs, members, lo, hi)
+            row["width_grid"], row["censored_grid"] = _width(lrs, members, lrs[0], lrs[-1])
+        rows.append(row)
     return rows
 
 
-def robustness_from_seeds(
-    final: pd.DataFrame,
-    tolerances: Sequence[float] = DEFAULT_TOLERANCES,
-    *,
-    scale: float = 100.0,
-    higher_is_better: bool = True,
-    n_bootstrap: int = N_BOOTSTRAP,
-    level: float = 0.95,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Robustness per method from per-seed final scores.
-
-    `final` has one row per run with columns `method`, `lr`, `seed`, `score` (NaN when diverged).
-    Returns one row per method and tolerance: width, bootstrap interval (low, high), best lr and score.
-    """
-    rng = np.random.default_rng(seed)
-    rows = []
-    for method, runs in final.groupby("method", sort=True):
-        grid = runs.pivot_table(index="lr", columns="seed", values="score", dropna=False)
-        # pivot_table drops all-NaN cells; reindex keeps diverged seeds as NaN.
-        grid = grid.reindex(columns=sorted(runs["seed"].unique())).sort_index()
-        lrs = grid.index.to_numpy(dtype=float)
-        scores = grid.to_numpy(dtype=float)  # (n_lr, n_seed)
-        n_seed = scores.shape[1]
-        # A setting with a diverged seed has no mean: it is not in any band.
-        mean = scores.mean(axis=1)
-        picks = rng.integers(0, n_seed, size=(n_bootstrap, *scores.shape))
-        boot = np.take_along_axis(np.broadcast_to(scores, picks.shape), picks, axis=-1)
-        rows += _summarise(
-            str(method), lrs, mean, boot.mean(axis=-1), tolerances, scale, higher_is_better, level
-        )
-    return pd.DataFrame(rows)
+def _decades(width: float, censored: bool) -> str:
+    if not math.isfinite(width):
+        return "–"
+    return f"{'≥ ' if censored else ''}{width:.1f}"
 
 
-def paper_final(records: pd.DataFrame) -> pd.DataFrame:
-    """The last epoch of each method's default setting in a paper record (see results/paper/)."""
-    keep = pd.Series(True, index=records.index)
-    for column, allowed in PAPER_DEFAULTS.items():
-        if column in records:
-            values = allowed if isinstance(allowed, tuple) else (allowed,)
-            as_text = records[column].astype(str)
-            keep &= as_text.isin([str(v) for v in values]) | records[column].isin(values)
-    last = records.loc[keep]
-    return last[last["epoch"] == last["epoch"].max()].rename(columns={"name": "method"})
+def tolerance_text(tolerance: float, spec: FigureSpec) -> str:
+    if spec.score.tolerance == "relative":
+        return f"×{1 + tolerance:g}"  # within a factor of the best
+    return f"{tolerance:g} {spec.score.unit}"
 
 
-def robustness_from_paper(
-    records: pd.DataFrame,
-    tolerances: Sequence[float] = DEFAULT_TOLERANCES,
-    *,
-    n_seeds: int = 3,
-    scale: float = 100.0,
-    n_bootstrap: int = N_BOOTSTRAP,
-    level: float = 0.95,
-    seed: int = 0,
-) -> pd.DataFrame:
-    """Robustness per method from a paper record (mean and std over seeds per lr and epoch)."""
-    rng = np.random.default_rng(seed)
-    final = paper_final(records)
-    rows = []
-    for method, runs in final.groupby("method", sort=True):
-        runs = runs.sort_values("lr")
-        lrs = runs["lr"].to_numpy(dtype=float)
-        mean = runs["val_score"].to_numpy(dtype=float)
-        std = runs["val_score_std"].fillna(0.0).to_numpy(dtype=float)
-        draws = mean[:, None] + std[:, None] * rng.standard_normal((n_bootstrap, lrs.size, n_seeds))
-        rows += _summarise(
-            str(method), lrs, mean, draws.mean(axis=-1), tolerances, scale, True, level
-        )
-    return pd.DataFrame(rows)
-
-
-def format_robustness(table: pd.DataFrame) -> str:
-    """One line per method: the band widths with their intervals, for logs and figure labels."""
-    lines = []
-    for method, rows in table.groupby("method", sort=False):
-        parts = [
-            f"{r.tolerance:g} pt: {r.width:.1f} dec [{r.low:.1f}, {r.high:.1f}]"
+def width_rows(table: pd.DataFrame, spec: FigureSpec, label) -> list[list[str]]:
+    """The width table of one spec as rows of text cells (see `markdown`); `label` names a method."""
+    out = []
+    for (figure, method, variant), rows in table.groupby(
+        ["figure", "method", "variant"], sort=False
+    ):
+        first = rows.iloc[0]
+        if math.isfinite(first["best_score"]):
+            best = (
+                f"{spec.score_text(first['best_score'], first['best_std'])} ({first['best_lr']:g})"
+            )
+        else:
+            best = "–"
+        cells = [
+            f"{_decades(r.width, bool(r.censored))} ({_decades(r.width_grid, bool(r.censored_grid))})"
             for r in rows.itertuples()
         ]
-        lines.append(f"{method:>16}  " + "   ".join(parts))
-    return "\n".join(lines)
+        lr_range = f"{first['lr_low']:g} – {first['lr_high']:g}"
+        out.append([figure, label(method), variant, best, *cells, lr_range])
+    return out
+
+
+def markdown(tables: list[tuple[pd.DataFrame, FigureSpec]], label) -> str:
+    """One markdown table of widths for several figures with the same tolerances."""
+    spec = tables[0][1]
+    tols = [tolerance_text(t, spec) for t in spec.score.tolerances]
+    header = ["figure", "method", "variant", "best final score (lr)", *tols, "lr range compared"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for table, one in tables:
+        lines += ["| " + " | ".join(cells) + " |" for cells in width_rows(table, one, label)]
+    return "\n".join(lines) + "\n"
