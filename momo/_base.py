@@ -57,6 +57,10 @@ def scalar_dtype(param: Tensor) -> torch.dtype:
     return torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
 
 
+def _real_views(tensors: list[Tensor]) -> list[Tensor]:
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+
 class MomoBase(Optimizer):
     """Book-keeping shared by Momo and MomoAdam; subclasses implement ``_update(loss)``."""
 
@@ -132,11 +136,12 @@ class MomoBase(Optimizer):
         coordinates, so a complex parameter steps exactly as its real view would."""
         params: list[Tensor] = []
         grads: list[Tensor] = []
-        states: list[list[Tensor]] = [[] for _ in state_keys]
+        param_states: list[dict[str, Tensor]] = []
         for p in group["params"]:
-            if p.grad is None:
+            grad = p.grad
+            if grad is None:
                 continue
-            if p.grad.is_sparse:
+            if grad.is_sparse:
                 raise RuntimeError(
                     f"{type(self).__name__} does not support sparse gradients (parameter of shape "
                     f"{tuple(p.shape)}): its inner products and norms need dense ones"
@@ -145,11 +150,13 @@ class MomoBase(Optimizer):
             if not state:
                 for key in state_keys:
                     state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            complex_ = torch.is_complex(p)
-            params.append(torch.view_as_real(p) if complex_ else p)
-            grads.append(torch.view_as_real(p.grad) if complex_ else p.grad)
-            for collected, key in zip(states, state_keys):
-                collected.append(torch.view_as_real(state[key]) if complex_ else state[key])
+            params.append(p)
+            grads.append(grad)
+            param_states.append(state)
+        states = [[state[key] for state in param_states] for key in state_keys]
+        if any(p.dtype.is_complex for p in params):
+            params, grads = _real_views(params), _real_views(grads)
+            states = [_real_views(collected) for collected in states]
         return params, grads, states
 
     def _publish(

@@ -35,13 +35,18 @@ def flat(groups: list[list[Tensor]]) -> list[Tensor]:
     return [t for group in groups for t in group]
 
 
+def select(condition: Tensor, a: float, b: float, dtype: torch.dtype) -> Tensor:
+    """``a if condition else b`` as a 0-dim tensor of ``dtype`` on the condition's device, without a host
+    sync (``torch.where`` of two Python floats would round them to the default float32)."""
+    return torch.where(condition, torch.full((), a, dtype=dtype, device=condition.device), b)
+
+
 def first_step_weight(k: Tensor, beta: float, bias_correction: bool) -> Tensor:
     """The weight of the new value in the averages at step ``k``: 1 - beta, or 1 at the first step
     without bias correction (the averages then start at the first value, as torch's SGD buffer)."""
-    weight = torch.full_like(k, 1.0 - beta)
     if bias_correction:
-        return weight
-    return torch.where(k == 1, torch.ones_like(k), weight)
+        return torch.full_like(k, 1.0 - beta)
+    return select(k == 1, 1.0, 1.0 - beta, k.dtype)
 
 
 # The integer type of each float type's width: the bits of a float viewed as an integer.
@@ -65,27 +70,30 @@ def zero_unless_(ok: Tensor, tensors: list[Tensor]) -> None:
         torch._foreach_mul_(ints, ok.to(ints[0].dtype))
 
 
-def select(condition: Tensor, a: float, b: float, dtype: torch.dtype) -> Tensor:
-    """``a if condition else b`` as a 0-dim tensor of ``dtype`` on the condition's device, without a host
-    sync (``torch.where`` of two Python floats would round them to the default float32)."""
-    return torch.where(condition, torch.full((), a, dtype=dtype, device=condition.device), b)
-
-
 def scalars_like(value: Tensor, tensors: list[Tensor]) -> list[Tensor]:
     """The 0-dim ``value`` once per tensor, in that tensor's dtype: how foreach ops take a device scalar
     (lerp's weight, addcmul's factor) without reading it back to the host."""
-    cast: dict[torch.dtype, Tensor] = {}
-    for t in tensors:
-        if t.dtype not in cast:
-            cast[t.dtype] = value.to(t.dtype)
+    dtype = tensors[0].dtype
+    if all(t.dtype == dtype for t in tensors):
+        return [value.to(dtype)] * len(tensors)
+    cast = {dtype: value.to(dtype) for dtype in {t.dtype for t in tensors}}
     return [cast[t.dtype] for t in tensors]
 
 
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
 def global_dot(a: list[Tensor], b: list[Tensor], like: Tensor) -> Tensor:
-    """sum_i <a_i, b_i> over all tensors, as a 0-dim tensor of the dtype and device of ``like``."""
+    """sum_i <a_i, b_i> over all tensors, as a 0-dim tensor of the dtype and device of ``like``.
+    One vdot per tensor: the cheapest eager reduction here (a product and a sum cost a temporary)."""
     if not a:
         return torch.zeros_like(like)
-    dots = [torch.vdot(x.reshape(-1), y.reshape(-1)) for x, y in zip(a, b)]
+    dots = [
+        torch.vdot(x.flatten(), y.flatten())
+        if x.dtype not in _LOW_PRECISION
+        else torch.dot(x.flatten().to(like.dtype), y.flatten().to(like.dtype))  # not 8 bits
+        for x, y in zip(a, b)
+    ]
     return torch.stack(dots).to(like.dtype).sum()
 
 

@@ -290,9 +290,10 @@ def _multi_tensor_momo(
     ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
     k = step + 1
     w = first_step_weight(k, beta, bias_correction)
-    loss_avg.copy_(torch.where(ok, torch.lerp(loss_avg, loss, w), loss_avg))
-    gamma.copy_(torch.where(ok, torch.lerp(gamma, grad_dot_x, w), gamma))
-    step.copy_(torch.where(ok, k, step))
+    # a skipped step averages the old values with themselves: lerp(a, a, w) = a
+    loss_avg.lerp_(torch.where(ok, loss, loss_avg), w)
+    gamma.lerp_(torch.where(ok, grad_dot_x, gamma), w)
+    step.add_(ok)
     # A skipped step leaves d as it is: weight 0, and its gradients zeroed (0 * NaN would be NaN).
     zero_unless_(ok, gs)
     torch._foreach_lerp_(ds, gs, scalars_like(torch.where(ok, w, 0.0), ds))
@@ -339,33 +340,30 @@ def _fused_momo(
     bias_correction: bool,
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
     """The kernel that ``compiled=True`` runs under torch.compile: two passes over each tensor, which
-    inductor fuses into one loop each. Pass 1 reads g, d and x and yields every reduction; the averages'
-    reductions follow from identities, with d' = b d + w g (b = 1 - w):
-
-        <d', x> = b <d, x> + w <g, x>,   ||d'||^2 = b^2 ||d||^2 + 2 b w <d, g> + w^2 ||g||^2.
-
-    Pass 2 writes d' and x together. lrs, weight decays and bounds come as 0-dim tensors."""
+    inductor fuses into one loop each. Pass 1 reads g, d and x, computes d' = (1 - w) d + w g on the fly
+    without writing it, and yields the three reductions <g, x>, <d', x> and ||d'||^2; pass 2 writes d'
+    and x. Arithmetic runs in the scalars' precision. lrs, weight decays and bounds come as 0-dim
+    tensors, so that one graph serves every value."""
     dtype = loss.dtype
     xs, gs, ds = flat(params), flat(grads), flat(exp_avgs)
+    k = step + 1  # the index of this step, if it is taken
+    w = first_step_weight(k, beta, bias_correction)
 
-    def total(products) -> Tensor:
-        return sum((p.sum() for p in products), torch.zeros_like(loss))
+    def averaged(d: Tensor, g: Tensor) -> Tensor:
+        return (1 - w) * d.to(dtype) + w * g.to(dtype)
 
-    x32, g32, d32 = ([t.to(dtype) for t in ts] for ts in (xs, gs, ds))
-    grad_dot_x = total(g * x for g, x in zip(g32, x32))
-    old_d_dot_x = total(d * x for d, x in zip(d32, x32))
-    d_dot_g = total(d * g for d, g in zip(d32, g32))
-    old_d_sq_norm = total(d * d for d in d32)
-    g_sq_norm = total(g * g for g in g32)
+    reductions = torch.zeros(3, dtype=dtype, device=loss.device)
+    for x, g, d in zip(xs, gs, ds):
+        new_d, x_ = averaged(d, g), x.to(dtype)
+        # One stack per tensor: inductor then computes its three sums in one loop (summed one by one
+        # over the list, each sum would get a loop of its own: three reads of the tensor).
+        sums = torch.stack([(g.to(dtype) * x_).sum(), (new_d * x_).sum(), (new_d * new_d).sum()])
+        reductions = reductions + sums
+    grad_dot_x, d_dot_x, d_sq_norm = reductions.unbind()
 
     ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
-    k = step + 1
-    w = first_step_weight(k, beta, bias_correction)
-    b = 1 - w
-    new_loss_avg = b * loss_avg + w * loss
-    new_gamma = b * gamma + w * grad_dot_x
-    d_dot_x = b * old_d_dot_x + w * grad_dot_x
-    d_sq_norm = torch.clamp(b * b * old_d_sq_norm + 2 * b * w * d_dot_g + w * w * g_sq_norm, min=0)
+    new_loss_avg = (1 - w) * loss_avg + w * loss
+    new_gamma = (1 - w) * gamma + w * grad_dot_x
     rho = 1 - torch.pow(beta, k) if bias_correction else torch.ones_like(k)
     taus, t1s, new_lbs = group_steps(
         ok,
@@ -379,14 +377,15 @@ def _fused_momo(
         weight_decays=weight_decays,
         lbs=lbs,
     )
-    for group_params, group_grads, group_avgs, lr, wd, tau in zip(
-        params, grads, exp_avgs, lrs, weight_decays, taus
+    # Pass 2 walks the tensors backwards: the last ones read by pass 1 are the likeliest still cached.
+    for group_params, group_grads, group_avgs, lr, wd, tau in reversed(
+        list(zip(params, grads, exp_avgs, lrs, weight_decays, taus))
     ):
-        c = 1 + lr * wd
-        for x, g, d in zip(group_params, group_grads, group_avgs):
-            new_d = torch.where(ok, b * d + w * g, d)
-            x.copy_(torch.where(ok, (x - tau * new_d) / c, x))
-            d.copy_(new_d)
+        decay = 1 / (1 + lr * wd)  # a product per element is cheaper than a division
+        for x, g, d in reversed(list(zip(group_params, group_grads, group_avgs))):
+            new_d = averaged(d, g)
+            x.copy_(torch.where(ok, (x - tau * new_d) * decay, x))
+            d.copy_(torch.where(ok, new_d, d))
     loss_avg.copy_(torch.where(ok, new_loss_avg, loss_avg))
     gamma.copy_(torch.where(ok, new_gamma, gamma))
     step.copy_(torch.where(ok, k, step))

@@ -305,9 +305,10 @@ def _multi_tensor_momo_adam(
     grad_dot_x = global_dot(gs, xs, loss)
     ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
     k = step + 1
-    loss_avg.copy_(torch.where(ok, torch.lerp(loss_avg, loss, 1 - beta1), loss_avg))
-    gamma.copy_(torch.where(ok, torch.lerp(gamma, grad_dot_x, 1 - beta1), gamma))
-    step.copy_(torch.where(ok, k, step))
+    # a skipped step averages the old values with themselves: lerp(a, a, w) = a
+    loss_avg.lerp_(torch.where(ok, loss, loss_avg), 1 - beta1)
+    gamma.lerp_(torch.where(ok, grad_dot_x, gamma), 1 - beta1)
+    step.add_(ok)
     # A skipped step leaves d and v as they are: weight 0, decay 1, and its gradients zeroed.
     zero_unless_(ok, gs)
     torch._foreach_lerp_(ds, gs, scalars_like(select(ok, 1 - beta1, 0.0, dtype), ds))
@@ -373,34 +374,36 @@ def _fused_momo_adam(
     betas: tuple[float, float],
 ) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
     """The kernel that ``compiled=True`` runs under torch.compile: two passes over each tensor, which
-    inductor fuses into one loop each. Pass 1 reads g, d, v and x and yields <g, x>, <d, x> and
-    ||d'||^2_{D'^-1}, computing d', v' and D' on the fly without writing them (<d', x> follows as
-    b1 <d, x> + (1 - b1) <g, x>); pass 2 writes d', v' and x. lrs, weight decays and bounds come as
-    0-dim tensors."""
+    inductor fuses into one loop each. Pass 1 reads g, d, v and x, computes d', v' and D' on the fly
+    without writing them, and yields <g, x>, <d', x> and ||d'||^2_{D'^-1}; pass 2 writes d', v' and x.
+    Arithmetic runs in the scalars' precision. lrs, weight decays and bounds come as 0-dim tensors, so
+    that one graph serves every value."""
     beta1, beta2 = betas
     dtype = loss.dtype
-    zero = torch.zeros((), dtype=dtype, device=loss.device)
-    k = step + 1
+    k = step + 1  # the index of this step, if it is taken
     bias2 = 1 - torch.pow(beta2, k)
 
-    def averages(g: Tensor, d: Tensor, v: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+    def averaged(d: Tensor, v: Tensor, g: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        d, v, g = d.to(dtype), v.to(dtype), g.to(dtype)
         new_d = beta1 * d + (1 - beta1) * g
         new_v = beta2 * v + (1 - beta2) * g * g
         return new_d, new_v, torch.sqrt(new_v / bias2) + eps
 
-    grad_dot_x, old_d_dot_x, d_sq_norm = zero, zero, zero
+    reductions = torch.zeros(3, dtype=dtype, device=loss.device)
     for group in zip(params, grads, exp_avgs, exp_avg_sqs, epss):
         for x, g, d, v in zip(*group[:4]):
-            x32, g32, d32, v32 = (t.to(dtype) for t in (x, g, d, v))
-            new_d, _, D = averages(g32, d32, v32, group[4])
-            grad_dot_x = grad_dot_x + (g32 * x32).sum()
-            old_d_dot_x = old_d_dot_x + (d32 * x32).sum()
-            d_sq_norm = d_sq_norm + (new_d * new_d / D).sum()
+            new_d, _, D = averaged(d, v, g, group[4])
+            x_ = x.to(dtype)
+            # one stack per tensor: inductor then computes its three sums in one loop
+            sums = torch.stack(
+                [(g.to(dtype) * x_).sum(), (new_d * x_).sum(), (new_d * new_d / D).sum()]
+            )
+            reductions = reductions + sums
+    grad_dot_x, d_dot_x, d_sq_norm = reductions.unbind()
 
     ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
     new_loss_avg = beta1 * loss_avg + (1 - beta1) * loss
     new_gamma = beta1 * gamma + (1 - beta1) * grad_dot_x
-    d_dot_x = beta1 * old_d_dot_x + (1 - beta1) * grad_dot_x
     rho = 1 - torch.pow(beta1, k)
     taus, t1s, new_lbs = group_steps(
         ok,
@@ -414,15 +417,14 @@ def _fused_momo_adam(
         weight_decays=weight_decays,
         lbs=lbs,
     )
-    for group in zip(params, grads, exp_avgs, exp_avg_sqs, epss, lrs, weight_decays, divides, taus):
+    # Pass 2 walks the tensors backwards: the last ones read by pass 1 are the likeliest still cached.
+    groups = zip(params, grads, exp_avgs, exp_avg_sqs, epss, lrs, weight_decays, divides, taus)
+    for group in reversed(list(groups)):
         eps, lr, wd, divide, tau = group[4:]
-        for x, g, d, v in zip(*group[:4]):
-            new_d, new_v, D = averages(g, d, v, eps)
-            new_x = (
-                (x - tau * new_d / D) / (1 + lr * wd)
-                if divide
-                else x * (1 - lr * wd) - tau * new_d / D
-            )
+        decay = 1 / (1 + lr * wd) if divide else 1 - lr * wd
+        for x, g, d, v in reversed(list(zip(*group[:4]))):
+            new_d, new_v, D = averaged(d, v, g, eps)
+            new_x = (x - tau * new_d / D) * decay if divide else x * decay - tau * new_d / D
             x.copy_(torch.where(ok, new_x, x))
             d.copy_(torch.where(ok, new_d, d))
             v.copy_(torch.where(ok, new_v, v))

@@ -91,7 +91,8 @@ def test_step_compiles_as_one_graph_and_matches_eager(cls, options):
 )
 def test_compiled_follows_an_lr_that_changes_every_step_without_recompiling(cls, options):
     """The decay factor and the cap depend on lr: fed as constants, a new lr meant a new graph (or, from
-    inductor's FX graph cache, an old graph with the old constant and silently wrong parameters)."""
+    inductor's FX graph cache, an old graph with the old constant and silently wrong parameters). A new
+    weight decay must not recompile either."""
     torch._dynamo.reset()
     counters.clear()
 
@@ -102,13 +103,31 @@ def test_compiled_follows_an_lr_that_changes_every_step_without_recompiling(cls,
         ]
         opt = cls(params, lr=1.0, compiled=compiled, **options)
         schedule = torch.optim.lr_scheduler.ExponentialLR(opt, gamma=0.5)
-        for _ in range(5):
+        for k in range(6):
             for p in params:
                 p.grad = torch.randn(p.shape, generator=g, dtype=p.dtype)
+            if k == 4:
+                opt.param_groups[0]["weight_decay"] = 0.3
             opt.step(loss=1 + torch.rand((), generator=g, dtype=torch.float64))
             schedule.step()
         return params
 
     for a, b in zip(run(compiled=True), run(compiled=False)):
         torch.testing.assert_close(a, b, rtol=1e-12, atol=1e-14)
-    assert counters["stats"]["unique_graphs"] <= 2
+    assert counters["stats"]["unique_graphs"] == 1
+
+
+@pytest.mark.slow
+def test_compiled_compiles_once_per_set_of_params_with_gradients():
+    """The graph takes the list of params with gradients: a new set compiles a graph (dynamo guards on
+    the list), a set seen before reuses its graph."""
+    torch._dynamo.reset()
+    counters.clear()
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter(torch.randn(s, generator=g)) for s in SHAPES]
+    opt = Momo(params, lr=0.1, compiled=True)
+    for k in range(6):
+        for i, p in enumerate(params):
+            p.grad = None if (i == 0 and k % 2) else torch.randn(p.shape, generator=g)
+        opt.step(loss=1.0)
+    assert counters["stats"]["unique_graphs"] == 2
