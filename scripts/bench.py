@@ -204,8 +204,9 @@ def main() -> None:
         "--warm-cache", action="store_true", help="keep inductor's on-disk cache (no cold compile)"
     )
     args = parser.parse_args()
-    if not args.warm_cache:  # before torch is imported: inductor reads it when it first compiles
-        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="momo-bench-inductor-")
+    cold_cache = None if args.warm_cache else tempfile.TemporaryDirectory(prefix="momo-bench-")
+    if cold_cache is not None:  # before torch is imported: inductor reads it when it first compiles
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = cold_cache.name
 
     import torch
 
@@ -260,6 +261,8 @@ def main() -> None:
             if label in by_label
         ]
         print(f"| {name} | " + " | ".join(cells) + " |")
+    if cold_cache is not None:
+        cold_cache.cleanup()
 
 
 if __name__ == "__main__":
