@@ -57,10 +57,11 @@ format: $(STAMP) ## ruff format and autofix
 	$(VENV)/bin/ruff format momo experiments scripts tests
 	$(VENV)/bin/ruff check --fix momo experiments scripts tests
 
-bench: $(STAMP) ## optimizer-step benchmark against torch.optim and momo-opt 0.1.0
+BENCH_ARGS ?=
+bench: $(STAMP) ## optimizer-step benchmark against torch.optim and momo-opt 0.1.0 (BENCH_ARGS="--threads 1 --clock cpu")
 	test -f .bench_cache/momo_opt/momo/__init__.py || \
 	  $(PY) -m pip install -q --no-deps --target .bench_cache/momo_opt momo-opt==0.1.0
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
 sweep: $(STAMP) ## run the lr sweep of EXPERIMENT (LAUNCHER=local|parallel|slurm, ARGS="overrides")
 	$(PY) -m experiments.runner.sweep $(EXPERIMENT) --launcher $(LAUNCHER) $(ARGS)
