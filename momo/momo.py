@@ -76,7 +76,8 @@ class Momo(MomoBase):
         weight_decay: lambda, applied as a proximal step (default 0).
         bias_correction: zero-initialised averages with the rho_k correction (default False).
         use_fstar: MoMo*, the online lower-bound estimate (default False).
-        foreach: multi-tensor kernels (default: True). False selects the single-tensor reference.
+        foreach: multi-tensor kernels (default None: on, like True). False selects the single-tensor
+            reference.
         compiled: run the update as one ``torch.compile(fullgraph=True)`` graph of two fused passes
             (default False); lr, weight decay and lb enter it as tensors, so a schedule does not recompile.
         sync_loss: average the loss over data-parallel ranks (default True).

@@ -66,7 +66,8 @@ class MomoAdam(MomoBase):
         lb: lower bound of the loss (default 0); MoMo-Adam*'s initial value and floor.
         divide: proximal weight decay (True) or AdamW's decoupled decay (False).
         use_fstar: MoMo-Adam*, the online lower-bound estimate (default False).
-        foreach: multi-tensor kernels (default: True). False selects the single-tensor reference.
+        foreach: multi-tensor kernels (default None: on, like True). False selects the single-tensor
+            reference.
         compiled: run the update as one ``torch.compile(fullgraph=True)`` graph of two fused passes
             (default False); lr, weight decay and lb enter it as tensors, so a schedule does not recompile.
         sync_loss: average the loss over data-parallel ranks (default True).
