@@ -179,26 +179,27 @@ class Progress:
     def __post_init__(self) -> None:
         self.started = self.clock()
 
-    def counts(self) -> collections.Counter:
-        """Finished and failed records, and the runs whose lock is held; on SLURM, the running and
-        queued array tasks of `squeue` (a job holds its run's lock only once it has started Python)."""
+    def counts(self, live: bool = True) -> collections.Counter:
+        """Finished and failed records and, while the sweep runs (`live`), the runs whose lock is held;
+        on SLURM, the running and queued array tasks of `squeue` instead (a job holds its run's lock
+        only once it has started Python)."""
         counts: collections.Counter = collections.Counter()
         for run in self.paths:
             info = records.read_info(run)
             status = None if info is None else info["status"]
             if status in records.FINISHED:
                 counts[status] += 1
-            elif records.is_running(run):
+            elif live and records.is_running(run):
                 counts["running"] += 1
             elif status == "failed":
                 counts["failed"] += 1
-        if self.job_name is not None and (queue := slurm.queue(self.job_name)) is not None:
-            counts["running"] = queue.get("RUNNING", 0) + queue.get("COMPLETING", 0)
-            counts["queued"] = sum(queue.values()) - counts["running"]
+        if live and self.job_name is not None and (queue := slurm.queue(self.job_name)):
+            counts["running"] = queue.get("RUNNING", 0)
+            counts["queued"] = sum(queue.values()) - queue.get("RUNNING", 0)
         return counts
 
-    def line(self) -> str:
-        counts = self.counts()
+    def line(self, live: bool = True) -> str:
+        counts = self.counts(live)
         total, done = len(self.paths), counts["completed"] + counts["diverged"]
         if self.done_at_start < 0:
             self.done_at_start = done
@@ -221,6 +222,11 @@ class Progress:
         if counts != self.last.split(";")[0] or self.clock() - self.last_time >= every_s:
             log.info("%s", line)
             self.last, self.last_time = line, self.clock()
+
+    def finish(self) -> None:
+        """The last line, from the records alone: nothing runs once the blocks have returned (squeue
+        may still list a job that SLURM is cleaning up)."""
+        log.info("%s", self.line(live=False))
 
 
 def _duration(seconds: float) -> str:
@@ -311,7 +317,7 @@ def run_sweep(
             )
             failures += 1
     if not dry_run:
-        progress.report()
+        progress.finish()
     return failures
 
 

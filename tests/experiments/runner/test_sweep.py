@@ -157,13 +157,14 @@ def test_progress_line_counts_records_and_running_runs_with_an_eta(tmp_path: Pat
     _write(runs[0], "completed")
     _write(runs[1], "diverged")
     _write(runs[2], "failed")
-    clock = iter([100.0, 100.0, 160.0])
+    clock = iter([100.0, 100.0, 100.0, 160.0])
     progress = sweep.Progress("e-0123abcd", runs, clock=lambda: next(clock))
     with records.run_lock(runs[3]):
         assert progress.line() == (
             "e-0123abcd: 2/6 done (1 completed, 1 diverged), 1 failed, 1 running; "
             "0s elapsed, ETA unknown"
         )
+        assert ", 0 running;" in progress.line(live=False)  # the sweep's last line: records only
     _write(runs[3], "completed")
     assert progress.line() == (
         "e-0123abcd: 3/6 done (2 completed, 1 diverged), 1 failed, 0 running; 1m00s elapsed, ETA 2m00s"
