@@ -41,40 +41,49 @@ def train(cfg: DictConfig) -> dict:
     """Trains the run that `cfg` describes and returns its run.json."""
     validate(cfg)
     paths = records.run_paths(cfg)
-    name = identity.run_name(cfg)
-    if (finished := records.read_record(paths)) is not None:
-        log.info("[%s] %s is %s already: %s", name, paths.run_id, finished["status"], paths.record)
+    if (finished := finished_record(cfg, paths)) is not None:
         return finished
     if cfg.get("runner"):  # a workload with its own trainer writes the same record (design.md §5)
         with records.run_lock(paths), _naming_experiment(cfg.experiment):
-            return records.read_record(paths) or hydra.utils.get_method(cfg.runner)(cfg)
+            return finished_record(cfg, paths) or hydra.utils.get_method(cfg.runner)(cfg)
     ctx = distributed.setup(resolve_device(cfg.device).type)
     try:
         with _naming_experiment(cfg.experiment):
             run = build_run(cfg, ctx)
         with records.run_lock(paths) if ctx.is_main else contextlib.nullcontext():
             distributed.barrier(ctx)  # the other ranks wait while rank 0 waits for the lock
-            if (finished := records.read_record(paths)) is not None:
-                log.info(
-                    "[%s] %s was %s by another process", name, paths.run_id, finished["status"]
-                )
-                return finished
-            state = resume(cfg, paths, run)
-            with build_logger(cfg, ctx) as logger:
-                for (
-                    row
-                ) in state.metrics:  # a resumed run's epochs: a kill may have kept them from W&B
-                    logger.log_epoch(row)
-                status, error = run_epochs(cfg, paths, run, state, logger)
-                info = run_info(cfg, run, state, status, error)
-                logger.log_summary(info, state.trace)
-            if ctx.is_main:
-                finish_record(cfg, paths, run, state, info)
-            # the ranks leave together: gloo can abort in its I/O thread when a peer tears down first
-            distributed.barrier(ctx)
-            return info
+            # another process may have finished the run while this one waited
+            return finished_record(cfg, paths) or fit_and_record(cfg, paths, run, ctx)
     finally:
         distributed.teardown(ctx)
+
+
+def finished_record(cfg: DictConfig, paths: records.RunPaths) -> dict | None:
+    """The run.json of the run's completed or diverged record, if there is one."""
+    finished = records.read_record(paths)
+    if finished is not None:
+        name, status = identity.run_name(cfg), finished["status"]
+        log.info("[%s] %s is %s already: %s", name, paths.run_id, status, paths.record)
+    return finished
+
+
+def fit_and_record(
+    cfg: DictConfig, paths: records.RunPaths, run: loop.Run, ctx: DistContext
+) -> dict:
+    """Resumes from the checkpoint, trains, logs and writes the record; the caller holds the lock."""
+    state = resume(cfg, paths, run)
+    with build_logger(cfg, ctx) as logger:
+        # a resumed run's epochs again: a kill may have kept them from reaching W&B
+        for row in state.metrics:
+            logger.log_epoch(row)
+        status, error = run_epochs(cfg, paths, run, state, logger)
+        info = run_info(cfg, run, state, status, error)
+        logger.log_summary(info, state.trace)
+    if ctx.is_main:
+        finish_record(cfg, paths, run, state, info)
+    # the ranks leave together: gloo can abort in its I/O thread when a peer tears down first
+    distributed.barrier(ctx)
+    return info
 
 
 def validate(cfg: DictConfig) -> None:
