@@ -103,14 +103,6 @@ def toy_config(results_dir: Path, *overrides: str, **task: object) -> DictConfig
     return cfg
 
 
-def toy_runner(cfg: DictConfig) -> dict:
-    """Stands for a workload with its own trainer (docs/design.md §5): it writes the run record and
-    returns its run.json."""
-    info = {"status": "completed", "run_id": records.run_id(cfg), "runner": "toy"}
-    records.write_record(records.run_paths(cfg), config=cfg, metrics=[], trace=[], info=info)
-    return info
-
-
 def evaluate(task: Task, model: nn.Module, split: str, max_batches: int | None = None) -> dict:
     """A task's metrics on `split` as the runner computes them: eval mode, no gradients, the loop's sums."""
     model.eval()
