@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from experiments.runner import loop, records
+from experiments.runner import loop
 from experiments.runner.distributed import DistContext
 from experiments.tasks.base import Task
 

@@ -10,7 +10,9 @@ from experiments.runner import records
 
 def check(cfg: DictConfig) -> None:
     if cfg.optimizer.name != "sgd_m":
-        raise ValueError(f"Optimizer {cfg.optimizer.name!r} has no toy-workload counterpart (sgd_m)")
+        raise ValueError(
+            f"Optimizer {cfg.optimizer.name!r} has no toy-workload counterpart (sgd_m)"
+        )
 
 
 def run(cfg: DictConfig) -> dict:

@@ -109,7 +109,9 @@ def test_sweep_end_to_end_through_aggregate_and_plot(tmp_path):
     assert len(table) == 8 * 2  # the smoke profile trains 2 epochs
     assert table["synthetic"].all() and (table["profile"] == "smoke").all()
     summary = pd.read_csv(tmp_path / "fashion_mnist_mlp_summary.csv")
-    summary = summary[summary["figure"] == "fashion_mnist_mlp"]  # the paper's figure, not the extras
+    summary = summary[
+        summary["figure"] == "fashion_mnist_mlp"
+    ]  # the paper's figure, not the extras
     assert len(summary) == 4 and (summary["n_seeds"] == 2).all()
     trace = pd.read_parquet(tmp_path / "fashion_mnist_mlp_trace.parquet")
     assert trace.loc[trace["optimizer"] == "momo", "adaptive_step"].notna().all()
