@@ -156,6 +156,24 @@ def sweep_status(
     return status_of(expected_paths(experiment, blocks, extra))
 
 
+def print_left_out(
+    experiment: str, overrides: Sequence[str], sweep_file: Path | None, paths: Sequence[RunPaths]
+) -> None:
+    """The records of `experiment` that are not runs of this sweep (another protocol: a quick run
+    with fewer epochs, another profile or schedule), which its aggregate leaves out, and why."""
+    from experiments.analysis.selection import (
+        select_sweep_runs,
+    )  # it reads sweep files through here
+
+    results_dir = paths[0].results_dir if paths else "results"
+    selection = select_sweep_runs(experiment, results_dir, overrides, sweep_file)
+    if selection.left_out:
+        n = len(selection.left_out)
+        print(f"  left out of its aggregate: {n} other record{'s' if n > 1 else ''}")
+        for line in selection.reasons():
+            print(f"    {line}")
+
+
 def sweep_id(experiment: str, blocks: Sequence[Block], extra: Sequence[str] = ()) -> str:
     """The id of the sweep that `blocks` and the overrides `extra` describe (identity.sweep_id)."""
     return identity.sweep_id(
@@ -349,6 +367,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             counts = "  ".join(f"{s} {len(found.get(s, []))}" for s in STATUSES)
             name = identity.sweep_id(args.experiment, (p.run_id for p in paths))
             print(f"{args.experiment}: {len(paths)} runs expected  {counts}  (sweep {name})")
+            print_left_out(args.experiment, args.overrides, args.file, paths)
             sys.exit(0)
         failures = run_sweep(
             args.experiment, args.launcher, args.overrides, args.only, args.dry_run, args.file

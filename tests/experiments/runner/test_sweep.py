@@ -231,3 +231,25 @@ def test_sweep_with_a_bad_value_stops_before_running_anything(tmp_path: Path) ->
         "(HYDRA_FULL_ERROR=1 shows the traceback)",
     ]
     assert not (tmp_path / "runs").exists() and not (tmp_path / "multirun").exists()
+
+
+def test_status_lists_the_records_its_aggregate_leaves_out_and_why(tmp_path: Path, capsys) -> None:
+    from hydra import compose, initialize_config_dir
+
+    from experiments.layout import CONFIG_DIR
+
+    sweep_file = tmp_path / "tiny.yaml"
+    sweep_file.write_text(TINY)
+    overrides = ["profile=smoke", f"results_dir={tmp_path}"]
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
+        quick = compose("train", overrides=["experiment=fashion_mnist_mlp", "epochs=1", *overrides])
+    records.write_record(
+        records.run_paths(quick), config=quick, metrics=[], trace=[], info={"status": "completed"}
+    )  # a quick run beside the sweep's 2-epoch runs
+    with pytest.raises(SystemExit) as exit_:
+        sweep.main(["fashion_mnist_mlp", "--file", str(sweep_file), "--status", *overrides])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "8 runs expected" in out and "missing 8" in out
+    assert "left out of its aggregate: 1 other record\n" in out
+    assert "1 run with epochs=1 (the sweep's protocol: 2)" in out
