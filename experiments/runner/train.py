@@ -26,7 +26,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from experiments.layout import CONFIG_DIR
-from experiments.runner import distributed, loop, optim, records
+from experiments.runner import distributed, loop, optim, peers, records
 from experiments.runner.distributed import DistContext
 from experiments.runner.loggers import Logger, NullLogger
 
@@ -112,6 +112,7 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
         progress=ctx.is_main and sys.stderr.isatty(),
         max_train_batches=cfg.profile.max_train_batches,
         max_eval_batches=cfg.profile.max_eval_batches,
+        averager=peers.build_averager(cfg.optimizer.get("averager"), model),
     )
 
 
