@@ -7,6 +7,7 @@ plots all take their file names from here, so the layout changes in one place.
     <results_dir>/runs/<experiment>/<run_id>/               config.yaml, metrics.jsonl, trace.csv, run.json
     <results_dir>/runs/<experiment>/.tmp/<run_id>-<pid>/    a record assembled here, then renamed into place
     <results_dir>/runs/<experiment>/.partial/<run_id>/      per-epoch checkpoint of an unfinished run
+    <results_dir>/runs/<experiment>/.locks/<run_id>.lock    the lock of the process that trains the run
     <results_dir>/work/<experiment>/<run_id>/               a workload's own files (fairseq's checkpoints)
     <results_dir>/<experiment>.csv, .parquet, _summary.csv, _curves.csv, _robustness.csv, _runs.csv,
                               _trace.parquet  (experiments.analysis.aggregate)
@@ -57,6 +58,11 @@ class RunPaths:
     @property
     def checkpoint(self) -> Path:
         return self.partial / CHECKPOINT
+
+    @property
+    def lock(self) -> Path:
+        """Locked (flock) by the one process that trains this run; kept, empty of meaning, after it."""
+        return self.experiment_dir / ".locks" / f"{self.run_id}.lock"
 
     @property
     def work(self) -> Path:

@@ -4,7 +4,7 @@ The suite's one Hydra entry point, for every experiment (a workload with its own
 included) and for multiruns (`-m`). The runner itself is experiments/runner/train.py.
 """
 
-from experiments.runner.train import main
+from experiments.runner.train import cli
 
 if __name__ == "__main__":
-    main()
+    cli()

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from experiments.data import DatasetNotFoundError
+from experiments.data import EXPERIMENT_PLACEHOLDER, DatasetNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +33,9 @@ DEBIAN_FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGENET32_URL = "https://image-net.org/download-images.php (Downsampled ImageNet 32x32)"
 IMAGENET32_TRAIN_FILES = tuple(f"train_data_batch_{i}" for i in range(1, 11))
 IMAGENET32_VAL_FILE = "val_data"
-DOWNLOAD_HINT = "python -m experiments.train experiment=<id> task.download=true"
+DOWNLOAD_HINT = (
+    f"python -m experiments.train experiment={EXPERIMENT_PLACEHOLDER} task.download=true"
+)
 
 
 @dataclass(frozen=True)

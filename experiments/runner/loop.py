@@ -55,6 +55,7 @@ class Run:
     dist: DistContext = field(default_factory=DistContext)
     trace_every: int = 1
     progress: bool = False
+    name: str = ""  # the run's identity in log lines: `momo lr=1 seed=0`
     max_train_batches: int | None = None  # a smoke profile's caps; None: whole epochs and splits
     max_eval_batches: int | None = None
     averager: peers.Averager | None = None  # an iterate average evaluated instead (DoG's authors')
@@ -98,7 +99,7 @@ def fit(
         state.metrics.append(row)
         state.trace.extend(steps.trace)
         state.wall_time_s += row["time_s"]
-        _log_epoch(row, epochs, run.dist)
+        _log_epoch(run.name, row, epochs, run.dist)
         on_epoch_end(state)
         if diverged or not math.isfinite(row["train/loss"]):
             return "diverged"
@@ -112,7 +113,9 @@ def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
     steps = StepLog(epoch)
     batches = itertools.islice(run.task.train_batches(run.generator), run.batches_per_epoch)
     if run.progress:
-        batches = tqdm(batches, total=run.batches_per_epoch, desc=f"epoch {epoch}", leave=False)
+        batches = tqdm(
+            batches, total=run.batches_per_epoch, desc=f"{run.name} epoch {epoch}", leave=False
+        )
     for step, batch in enumerate(batches, start=first_step):
         if not run.task.shards_batches:
             batch = distributed.shard(batch, run.dist)
@@ -260,12 +263,12 @@ def _norm(model: torch.nn.Module) -> float:
     return torch.nn.utils.get_total_norm(list(model.parameters())).item()
 
 
-def _log_epoch(row: dict, epochs: int, ctx: DistContext) -> None:
+def _log_epoch(name: str, row: dict, epochs: int, ctx: DistContext) -> None:
     if not ctx.is_main:
         return
     shown = ("train/loss", "train/score", "val/loss", "val/score", "lr", "optim/step_size_median")
     fields = " ".join(f"{k}={row[k]:.4g}" for k in shown if k in row)
-    log.info("epoch %d/%d %s (%.1fs)", row["epoch"], epochs, fields, row["time_s"])
+    log.info("[%s] epoch %d/%d %s (%.1fs)", name, row["epoch"], epochs, fields, row["time_s"])
 
 
 def snapshot(run: Run, state: TrainState) -> dict[str, Any]:

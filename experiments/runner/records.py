@@ -1,22 +1,26 @@
 """Run records: one directory per run, written once (docs/design.md §4), where experiments.layout says.
 
 A record is assembled in a staging directory and renamed into place; an unfinished run keeps a per-epoch
-checkpoint beside the records. Non-finite numbers are written as JSON `null` (strict JSON that every reader accepts); the run's status
-says whether it diverged.
+checkpoint beside the records. Non-finite numbers are written as JSON `null` (strict JSON that every reader
+accepts); the run's status says whether it diverged. A finished record (completed or diverged) is never
+replaced, and one process at a time holds a run id (`run_lock`). Every function here takes one run's
+paths, so a runner that trains several runs at once calls them per run.
 """
 
 from __future__ import annotations
 
 import contextlib
 import csv
-import hashlib
+import fcntl
 import json
+import logging
 import math
 import os
 import shutil
+import socket
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -27,18 +31,11 @@ from omegaconf import DictConfig, OmegaConf
 from experiments import layout
 from experiments.layout import RunPaths
 from experiments.runner.diagnostics import TRACE_COLUMNS
+from experiments.runner.identity import run_id
 
-# Keys of the resolved config that do not change the result, so they do not change the run id.
-# Dotted paths reach into groups: where the data came from (download or not) does not change the run.
-NOT_IN_RUN_ID = (
-    "logger",
-    "results_dir",
-    "data_dir",
-    "device",
-    "hydra",
-    "checkpoint",
-    "task.download",
-)
+log = logging.getLogger(__name__)
+
+
 FINISHED = ("completed", "diverged")  # a rerun of such a record returns at once; `failed` is rerun
 _DISTRIBUTIONS = (
     "momo-suite",
@@ -53,19 +50,8 @@ _DISTRIBUTIONS = (
 )
 
 
-def run_id(cfg: DictConfig) -> str:
-    """First 12 hex chars of the sha256 of the canonical JSON of the resolved config, minus
-    NOT_IN_RUN_ID."""
-    kept = OmegaConf.to_container(cfg, resolve=True)
-    for path in NOT_IN_RUN_ID:
-        *parents, key = path.split(".")
-        node = kept
-        for parent in parents:
-            node = node.get(parent) if isinstance(node, dict) else None
-        if isinstance(node, dict):
-            node.pop(key, None)
-    canonical = json.dumps(kept, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()[:12]
+class NotWritableError(PermissionError):
+    """The results directory cannot take a record; raised before anything trains."""
 
 
 def run_paths(cfg: DictConfig) -> RunPaths:
@@ -96,8 +82,13 @@ def write_record(
     info: dict,
     artefacts: Callable[[Path], None] | None = None,
 ) -> Path:
-    """Assembles the record in a staging directory and renames it into place (replacing a failed one).
-    `artefacts(staging_dir)` may add files of its own (a task's sample grid) before the rename."""
+    """Assembles the record in a staging directory and renames it into place, replacing a failed
+    record but never a finished one (FileExistsError). `artefacts(staging_dir)` may add files of its
+    own (a task's sample grid) before the rename. The caller holds the run's `run_lock`."""
+    if (finished := read_record(paths)) is not None:
+        raise FileExistsError(
+            f"{paths.record} is {finished['status']} already: a finished record is never replaced"
+        )
     staging = paths.staging(os.getpid())
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
@@ -117,6 +108,72 @@ def write_record(
     os.rename(staging, paths.record)
     _remove_if_empty(staging.parent)
     return paths.record
+
+
+@contextlib.contextmanager
+def run_lock(paths: RunPaths, *, patience_s: float = 1.0) -> Iterator[None]:
+    """The exclusive lock of one run id, held for the `with` block: one process trains a run at a time.
+
+    An flock on `paths.lock`, which the kernel releases when its holder exits, killed or not, so a lock is
+    never stale. A second process with the same run id logs once who holds it (pid and host, written into
+    the lock file) and waits; it then finds the record that the first one wrote (or its checkpoint, if
+    the first was killed). `patience_s`: how long a busy lock is retried quietly first (a status probe,
+    `is_running`, holds it for microseconds). Creating the lock file is also the check that the results
+    directory is writable: NotWritableError, before anything trains."""
+    try:
+        paths.lock.parent.mkdir(parents=True, exist_ok=True)
+        lock_file = open(paths.lock, "a+")  # noqa: SIM115 (closed below, after the unlock)
+    except OSError as error:
+        raise NotWritableError(
+            f"Results directory {paths.results_dir} is not writable ({error.strerror}: "
+            f"{error.filename}); choose another with results_dir=<path>",
+        ) from error
+    with lock_file:
+        if not _lock_within(lock_file, patience_s):
+            lock_file.seek(0)
+            holder = lock_file.read().strip() or "another process"
+            log.warning(
+                "run %s is being trained by %s (lock %s); waiting for it to finish",
+                paths.run_id,
+                holder,
+                paths.lock,
+            )
+            fcntl.flock(lock_file, fcntl.LOCK_EX)
+        lock_file.seek(0)
+        lock_file.truncate()
+        lock_file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+        lock_file.flush()
+        try:
+            yield
+        finally:
+            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+def _lock_within(lock_file: Any, patience_s: float) -> bool:
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.05)
+
+
+def is_running(paths: RunPaths) -> bool:
+    """Whether a process holds the run's lock now (a probe of microseconds; never waits)."""
+    try:
+        lock_file = open(paths.lock)  # noqa: SIM115
+    except OSError:
+        return False
+    with lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return False
 
 
 def save_checkpoint(paths: RunPaths, state: dict[str, Any]) -> None:

@@ -3,21 +3,25 @@
 The record goes to <results_dir>/runs/<experiment>/<run_id>/ (docs/design.md §4). A rerun of a completed or
 diverged record returns at once; an unfinished run continues from its last per-epoch checkpoint.
 
-Errors in the config, the data or the hyperparameters raise before anything is written. An exception
-during training is recorded as status `failed` with its traceback and does not propagate, so a multirun
-goes on; the single-run command line then exits with status 1. Under `torchrun --nproc_per_node=N` the run
-is data-parallel (experiments/runner/distributed.py) and rank 0 writes the record.
+Errors in the config, the data or the hyperparameters, and a results directory that cannot be written,
+raise before anything is written or trained; the command line prints them as one line and exits with
+status 2 (`HYDRA_FULL_ERROR=1` shows the traceback). An exception during training is recorded as status
+`failed` with its traceback and does not propagate, so a multirun goes on; the single-run command line then
+exits with status 1. One process at a time trains a run: a second one with the same run id waits for the
+first and returns its record (records.run_lock). Under `torchrun --nproc_per_node=N` the run is
+data-parallel (experiments/runner/distributed.py) and rank 0 holds the lock and writes the record.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import logging
 import math
 import sys
 import traceback
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import hydra
 import torch
@@ -25,8 +29,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from experiments.data import DatasetNotFoundError
 from experiments.layout import CONFIG_DIR
-from experiments.runner import distributed, loop, optim, peers, records
+from experiments.runner import distributed, errors, identity, loop, optim, peers, records
 from experiments.runner.distributed import DistContext
 from experiments.runner.loggers import Logger, NullLogger
 
@@ -37,40 +42,80 @@ def train(cfg: DictConfig) -> dict:
     """Trains the run that `cfg` describes and returns its run.json."""
     validate(cfg)
     paths = records.run_paths(cfg)
-    if (finished := records.read_record(paths)) is not None:
-        log.info("%s is %s already: %s", paths.run_id, finished["status"], paths.record)
+    if (finished := finished_record(cfg, paths)) is not None:
         return finished
     if cfg.get("runner"):  # a workload with its own trainer writes the same record (design.md §5)
-        return hydra.utils.get_method(cfg.runner)(cfg)
+        workload = importlib.import_module(cfg.runner)
+        workload.check(cfg)  # before anything is written, as validate()
+        with records.run_lock(paths), _naming_experiment(cfg.experiment):
+            return finished_record(cfg, paths) or workload.run(cfg)
     ctx = distributed.setup(resolve_device(cfg.device).type)
     try:
-        run = build_run(cfg, ctx)
-        state = resume(cfg, paths, run)
-        with build_logger(cfg, ctx) as logger:
-            status, error = run_epochs(cfg, paths, run, state, logger)
-            info = run_info(cfg, run, state, status, error)
-            logger.log_summary(info)
-        if ctx.is_main:
-            finish_record(cfg, paths, run, state, info)
-        # the ranks leave together: gloo can abort in its I/O thread when a peer tears down first
-        distributed.barrier(ctx)
-        return info
+        with _naming_experiment(cfg.experiment):
+            run = build_run(cfg, ctx)
+        with records.run_lock(paths) if ctx.is_main else contextlib.nullcontext():
+            distributed.barrier(ctx)  # the other ranks wait while rank 0 waits for the lock
+            # another process may have finished the run while this one waited
+            return finished_record(cfg, paths) or fit_and_record(cfg, paths, run, ctx)
     finally:
         distributed.teardown(ctx)
 
 
+def finished_record(cfg: DictConfig, paths: records.RunPaths) -> dict | None:
+    """The run.json of the run's completed or diverged record, if there is one."""
+    finished = records.read_record(paths)
+    if finished is not None:
+        name, status = identity.run_name(cfg), finished["status"]
+        log.info("[%s] %s is %s already: %s", name, paths.run_id, status, paths.record)
+    return finished
+
+
+def fit_and_record(
+    cfg: DictConfig, paths: records.RunPaths, run: loop.Run, ctx: DistContext
+) -> dict:
+    """Resumes from the checkpoint, trains, logs and writes the record; the caller holds the lock."""
+    state = resume(cfg, paths, run)
+    with build_logger(cfg, ctx) as logger:
+        # a resumed run's epochs again: a kill may have kept them from reaching W&B
+        for row in state.metrics:
+            logger.log_epoch(row)
+        status, error = run_epochs(cfg, paths, run, state, logger)
+        info = run_info(cfg, run, state, status, error)
+        logger.log_summary(info, state.trace)
+    if ctx.is_main:
+        finish_record(cfg, paths, run, state, info)
+    # the ranks leave together: gloo can abort in its I/O thread when a peer tears down first
+    distributed.barrier(ctx)
+    return info
+
+
 def validate(cfg: DictConfig) -> None:
-    """Checks the runner's own keys; the optimizer, schedule and task validate theirs when built."""
+    """Checks the runner's own keys and that every number of the run's scientific config is finite; the
+    optimizer, schedule and task validate their own values when built."""
     if cfg.get("task") is None and cfg.get("runner") is None:
         raise ValueError(f"Experiment {cfg.experiment!r} names neither a task nor a runner")
     if not (isinstance(cfg.epochs, int) and cfg.epochs >= 1):
-        raise ValueError(f"Invalid epochs: {cfg.epochs}")
+        raise ValueError(f"Invalid epochs: {cfg.epochs} (an integer >= 1)")
+    lr = cfg.optimizer.lr
+    if isinstance(lr, bool) or not isinstance(lr, int | float) or not 0 < lr < math.inf:
+        raise ValueError(f"Invalid learning rate: {lr} (a finite number > 0)")
     if cfg.amp not in ("none", "bf16"):
         raise ValueError(f"Invalid amp: {cfg.amp!r} (none or bf16)")
     if cfg.device not in ("auto", "cpu", "cuda") and not str(cfg.device).startswith("cuda:"):
         raise ValueError(f"Invalid device: {cfg.device!r} (auto, cpu or cuda)")
-    if cfg.trace_rows < 1:
-        raise ValueError(f"Invalid trace_rows: {cfg.trace_rows}")
+    if not (isinstance(cfg.trace_rows, int) and cfg.trace_rows >= 1):
+        raise ValueError(f"Invalid trace_rows: {cfg.trace_rows} (an integer >= 1)")
+    identity.scientific_config(cfg)  # raises on any other non-finite number
+
+
+@contextlib.contextmanager
+def _naming_experiment(experiment: str) -> Iterator[None]:
+    """A missing dataset's hint names the experiment (a task does not know which one it serves)."""
+    try:
+        yield
+    except DatasetNotFoundError as error:
+        error.experiment = experiment
+        raise
 
 
 def resolve_device(name: str, ctx: DistContext | None = None) -> torch.device:
@@ -110,6 +155,7 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
         dist=ctx,
         trace_every=max(1, math.ceil(total_steps / cfg.trace_rows)),
         progress=ctx.is_main and sys.stderr.isatty(),
+        name=identity.run_name(cfg),
         max_train_batches=cfg.profile.max_train_batches,
         max_eval_batches=cfg.profile.max_eval_batches,
         averager=peers.build_averager(cfg.optimizer.get("averager"), model),
@@ -128,17 +174,38 @@ def resume(cfg: DictConfig, paths: records.RunPaths, run: loop.Run) -> loop.Trai
     if checkpoint is None:
         return loop.TrainState()
     state = loop.restore(run, checkpoint)
-    log.info("%s resumes after epoch %d from %s", paths.run_id, state.epoch, paths.checkpoint)
+    log.info(
+        "[%s] %s resumes after epoch %d from %s",
+        run.name,
+        paths.run_id,
+        state.epoch,
+        paths.checkpoint,
+    )
     return state
 
 
 def build_logger(cfg: DictConfig, ctx: DistContext) -> Logger:
-    """The configured logger on rank 0; the other ranks log nothing."""
+    """The configured logger on rank 0; the other ranks log nothing.
+
+    W&B's run is the record's: its id is the run id (a resumed run continues it), its group the sweep's
+    id (`logger.group`, which experiments.runner.sweep sets) or `<experiment>-<profile>-single` for a run
+    outside a sweep, its job type the optimizer, its name `<optimizer> lr=<lr> seed=<seed>`."""
     if not ctx.is_main:
-        return NullLogger(config={}, group="", name="")
-    name = f"{cfg.optimizer.name}-lr{cfg.optimizer.lr:g}-s{cfg.seed}"
-    config = OmegaConf.to_container(cfg, resolve=True)
-    return hydra.utils.instantiate(cfg.logger)(config=config, group=cfg.experiment, name=name)
+        return NullLogger()
+    run_id = identity.run_id(cfg)
+    return hydra.utils.instantiate(cfg.logger)(
+        run_id=run_id,
+        name=identity.run_name(cfg),
+        group=cfg.logger.get("group") or f"{cfg.experiment}-{cfg.profile.name}-single",
+        job_type=cfg.optimizer.name,
+        tags=[
+            cfg.experiment,
+            f"profile:{cfg.profile.name}",
+            "synthetic" if cfg.profile.synthetic else "real-data",
+            *cfg.logger.get("tags", []),
+        ],
+        config=OmegaConf.to_container(cfg, resolve=True) | {"run_id": run_id},
+    )
 
 
 def run_epochs(
@@ -151,14 +218,14 @@ def run_epochs(
     """Runs the epoch loop; returns the status and, when it failed, the traceback."""
 
     def on_epoch_end(state: loop.TrainState) -> None:
-        logger.log_epoch(state.metrics[-1], [r for r in state.trace if r["epoch"] == state.epoch])
+        logger.log_epoch(state.metrics[-1])
         if cfg.checkpoint and run.dist.is_main:
             records.save_checkpoint(paths, loop.snapshot(run, state))
 
     try:
         return loop.fit(run, state, cfg.epochs, on_epoch_end), None
     except Exception:
-        log.exception("run %s failed", paths.run_id)
+        log.exception("[%s] run %s failed", run.name, paths.run_id)
         return "failed", traceback.format_exc()
 
 
@@ -199,18 +266,31 @@ def finish_record(
     )
     if info["status"] != "failed":
         records.remove_checkpoint(paths)
-    log.info("%s %s after %d epochs: %s", paths.run_id, info["status"], state.epoch, where)
+    log.info(
+        "[%s] %s %s after %d epochs: %s", run.name, paths.run_id, info["status"], state.epoch, where
+    )
 
 
 # An absolute path: Hydra resolves a relative one against the calling module, which works for
 # `python -m experiments.train` but not when `main` is imported (tests, other entry points).
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
 def main(cfg: DictConfig) -> dict:
-    info = train(cfg)
-    if info["status"] == "failed" and HydraConfig.get().mode == RunMode.RUN:
+    single = HydraConfig.get().mode == RunMode.RUN
+    # A single run's bad input is reported here, before Hydra adds its "Error executing job" line; in
+    # a multirun that line says which job it was.
+    with errors.input_errors_as_one_line() if single else contextlib.nullcontext():
+        info = train(cfg)
+    if info["status"] == "failed" and single:
         sys.exit(1)  # a single run that failed is an error; a multirun goes on to its next job
     return info
 
 
+def cli() -> None:
+    """`python -m experiments.train`: Hydra's main, with bad input as one line and exit status 2
+    (experiments/runner/errors.py)."""
+    with errors.input_errors_as_one_line(), errors.hydra_reraises():
+        main()
+
+
 if __name__ == "__main__":
-    main()
+    cli()

@@ -15,7 +15,7 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from experiments.runner import loop, records
+from experiments.runner import loop
 from experiments.runner.distributed import DistContext
 from experiments.tasks.base import Task
 
@@ -101,14 +101,6 @@ def toy_config(results_dir: Path, *overrides: str, **task: object) -> DictConfig
     cfg.experiment = "toy"
     cfg.task = OmegaConf.create({"_target_": f"{__name__}.ToyTask", **task})
     return cfg
-
-
-def toy_runner(cfg: DictConfig) -> dict:
-    """Stands for a workload with its own trainer (docs/design.md §5): it writes the run record and
-    returns its run.json."""
-    info = {"status": "completed", "run_id": records.run_id(cfg), "runner": "toy"}
-    records.write_record(records.run_paths(cfg), config=cfg, metrics=[], trace=[], info=info)
-    return info
 
 
 def evaluate(task: Task, model: nn.Module, split: str, max_batches: int | None = None) -> dict:

@@ -1,7 +1,8 @@
 """One IWSLT14 run: `fairseq-train`, then `fairseq-generate` on the test set, then one run record.
 
-`experiments.train` hands every config with `runner: experiments.workloads.iwslt14.runner.run` here, after
-its own checks (a finished record returns at once), so that
+`experiments.train` hands every config with `runner: experiments.workloads.iwslt14.runner` to this module:
+`check` before anything is written, then, unless a finished record returns at once, `run` under the
+run's lock, so that
 
     python -m experiments.train experiment=iwslt14 optimizer=momo_adam_star optimizer.lr=1e-3
 
@@ -17,6 +18,7 @@ import logging
 import math
 import time
 import traceback
+from pathlib import Path
 
 import torch
 from omegaconf import DictConfig
@@ -30,10 +32,17 @@ log = logging.getLogger(__name__)
 VERSIONS = ("fairseq-fixed", "sacrebleu", "sacremoses", "subword-nmt")
 
 
+def check(cfg: DictConfig) -> None:
+    """Raises before anything is written when fairseq cannot run the config (commands.check) or the
+    prepared dataset is missing (`DatasetNotFoundError`)."""
+    commands.check(cfg)
+    if not cfg.profile.synthetic:
+        data.check_data(Path(cfg.data_dir) / cfg.fairseq.data_subdir, cfg.data_dir)
+
+
 def run(cfg: DictConfig) -> dict:
     """Train, evaluate and record one IWSLT14 run; returns its run.json."""
     paths = records.run_paths(cfg)
-    commands.check(cfg)
     data_bin, data_info = data.dataset(cfg, paths.work)
     start = time.monotonic()
     metrics: list[dict] = []

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 import math
+import os
+import threading
 from pathlib import Path
 
+import pytest
 import torch
 from _toy_task import compose_config
 from omegaconf import OmegaConf
@@ -76,12 +80,25 @@ def test_write_record_writes_the_four_files_and_nulls_non_finite(tmp_path: Path)
 
 
 def test_read_record_returns_finished_records_only(tmp_path: Path) -> None:
-    paths = _paths(tmp_path)
-    assert records.read_record(paths) is None
     for status, finished in [("failed", False), ("diverged", True), ("completed", True)]:
+        paths = RunPaths(tmp_path, "toy", f"{status:0>12}")
+        assert records.read_record(paths) is None
         info = {"status": status}
         records.write_record(paths, config=OmegaConf.create({}), metrics=[], trace=[], info=info)
         assert (records.read_record(paths) is not None) is finished
+
+
+@pytest.mark.parametrize("finished", ["completed", "diverged"])
+def test_write_record_never_replaces_a_finished_record(tmp_path: Path, finished: str) -> None:
+    paths = _paths(tmp_path)
+    empty = OmegaConf.create({})
+    records.write_record(paths, config=empty, metrics=[], trace=[], info={"status": "failed"})
+    records.write_record(paths, config=empty, metrics=[], trace=[], info={"status": finished})
+    for status in ("failed", "completed", "diverged"):
+        with pytest.raises(FileExistsError, match=f"is {finished} already"):
+            records.write_record(paths, config=empty, metrics=[], trace=[], info={"status": status})
+    assert records.read_info(paths)["status"] == finished
+    assert not (paths.experiment_dir / ".tmp").exists()
 
 
 def test_checkpoint_round_trip_and_removal(tmp_path: Path) -> None:
@@ -99,3 +116,38 @@ def test_checkpoint_round_trip_and_removal(tmp_path: Path) -> None:
 
 def test_package_versions_names_torch() -> None:
     assert records.package_versions()["torch"] == torch.__version__.split("+")[0]
+
+
+def test_run_lock_makes_a_second_holder_wait_and_names_the_first(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    paths = _paths(tmp_path)
+    events: list[str] = []
+    first_holds = threading.Event()
+    release = threading.Event()
+
+    def first() -> None:
+        with records.run_lock(paths):
+            events.append("first acquired")
+            first_holds.set()
+            release.wait(10)
+            events.append("first releases")
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    first_holds.wait(10)
+    assert records.is_running(paths)
+    # flock locks belong to open files, so a second open in this process waits like another process
+    threading.Timer(0.5, release.set).start()
+    with caplog.at_level(logging.WARNING), records.run_lock(paths, patience_s=0.1):
+        events.append("second acquired")
+        assert f"pid {os.getpid()} on" in paths.lock.read_text()
+    thread.join()
+    assert events == ["first acquired", "first releases", "second acquired"]
+    (warning,) = [r.getMessage() for r in caplog.records if "being trained" in r.getMessage()]
+    assert f"run {paths.run_id} is being trained by pid {os.getpid()} on" in warning
+    assert not records.is_running(paths)
+
+
+def test_is_running_is_false_without_a_lock_file(tmp_path: Path) -> None:
+    assert not records.is_running(_paths(tmp_path))

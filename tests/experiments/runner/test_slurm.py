@@ -1,7 +1,9 @@
-"""LAUNCHER=slurm end to end on a real single-node SLURM cluster (scripts/local_slurm.sh).
+"""LAUNCHER=slurm_cpu end to end on a real single-node SLURM cluster (scripts/local_slurm.sh).
 
 sbatch of a job array through hydra-submitit-launcher, and a job requeued while it runs: it must resume
-from the runner's checkpoint and leave one completed record. Skipped where SLURM cannot be started.
+from the runner's checkpoint and leave one completed record. The GPU profile is refused before anything is
+submitted. The cluster keeps job accounting, so submitit reads job states from sacct without warnings.
+Skipped where SLURM cannot be started; the daemons that the tests started are stopped after them.
 """
 
 import json
@@ -34,13 +36,25 @@ EPOCHS = 1000  # smoke-profile epochs take 0.01-0.05 s: the requeue must land mi
 def cluster():
     if os.geteuid() != 0 or shutil.which("bash") is None:
         pytest.skip("starting a local SLURM cluster needs root")
-    start = subprocess.run(
-        ["bash", str(ROOT / "scripts/local_slurm.sh"), "start"], capture_output=True, text=True
-    )
+    script = ["bash", str(ROOT / "scripts/local_slurm.sh")]
+    before = subprocess.run([*script, "status"], capture_output=True, text=True)
+    start = subprocess.run([*script, "start"], capture_output=True, text=True)
     if start.returncode != 0:
+        subprocess.run([*script, "stop"], capture_output=True)
         pytest.skip(f"SLURM cannot be started here: {start.stderr.strip()[-500:]}")
     yield
-    # The cluster stays up for other slurm tests; `scripts/local_slurm.sh stop` ends it.
+    # Stop the daemons that this module started (munged, mariadbd, slurmdbd, slurmctld, slurmd), and
+    # only those: a cluster (or munged) that ran before the tests keeps running.
+    if before.returncode == 0:
+        return
+    stop = subprocess.run([*script, "stop"], capture_output=True, text=True)
+    assert stop.returncode == 0, stop.stderr
+    after = subprocess.run([*script, "status"], capture_output=True, text=True)
+    assert _running(after.stdout) == _running(before.stdout), after.stdout
+
+
+def _running(status: str) -> set[str]:
+    return {line.split()[1] for line in status.splitlines() if line.startswith("running ")}
 
 
 def _records(results: Path) -> list[dict]:
@@ -55,15 +69,17 @@ def _running_array_tasks() -> list[str]:
     return [line for line in out.stdout.split() if "_" in line]
 
 
-def test_slurm_sweep_job_array_with_a_requeued_run(cluster, tmp_path):
+def _sweep(tmp_path: Path, launcher: str, *extra: str) -> list[str]:
     (tmp_path / "sweep.yaml").write_text(SWEEP)
-    command = [
+    return [
         sys.executable, "-m", "experiments.runner.sweep", "fashion_mnist_mlp", "--file", str(tmp_path / "sweep.yaml"),
-        "--launcher", "slurm", "profile=smoke", f"epochs={EPOCHS}", f"results_dir={tmp_path}",
-        f"hydra.sweep.dir={tmp_path}/multirun", "hydra.launcher.partition=debug",
-        "hydra.launcher.gpus_per_node=null", "hydra.launcher.cpus_per_task=1", "hydra.launcher.mem_gb=1",
-        "hydra.launcher.timeout_min=20",
+        "--launcher", launcher, "profile=smoke", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun",
+        *extra,
     ]  # fmt: skip
+
+
+def test_slurm_sweep_job_array_with_a_requeued_run(cluster, tmp_path):
+    command = _sweep(tmp_path, "slurm_cpu", f"epochs={EPOCHS}")
     sweep = subprocess.Popen(
         command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
@@ -92,3 +108,17 @@ def test_slurm_sweep_job_array_with_a_requeued_run(cluster, tmp_path):
     )
     assert "resumes after epoch" in logs  # the requeued run continued from its checkpoint
     assert "_0" in requeued or "_1" in requeued  # it was a task of one job array
+    assert "Bypassing sacct error" not in output  # accounting: submitit reads the jobs' states
+    assert ": 2/2 done (2 completed, 0 diverged), 0 failed, 0 running, 0 queued;" in output
+
+
+def test_slurm_gpu_profile_on_a_cpu_cluster_is_refused_before_submitting(cluster, tmp_path):
+    result = subprocess.run(
+        _sweep(tmp_path, "slurm"), cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300
+    )
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.startswith(
+        "error: hydra/launcher=slurm asks partition 'debug' for 8 CPUs (its nodes have at most "
+    )
+    assert "Use LAUNCHER=slurm_cpu" in result.stderr
+    assert not (tmp_path / "multirun").exists()  # nothing was submitted
