@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 
 from experiments import layout
@@ -126,29 +127,44 @@ def _panels(n: int, ncols: int = 5, width: float = 1.9, height: float = 1.7):
     return fig, axes.flat[:n]
 
 
-def draw_effective_steps(table: pd.DataFrame, order: list[str]) -> plt.Figure:
-    """The step each method takes against its knob: the median step of each run's last epoch
-    (`optim/step_size_median`), median over seeds with the seeds' range as a band; the knob dashed."""
+def effective_steps(table: pd.DataFrame) -> pd.DataFrame:
+    """Per method and knob value: the mean and std over seeds of each run's last-epoch median step
+    (`optim/step_size_median`); every seed counts, a diverged one with its last recorded epoch."""
     last = table.sort_values("epoch").groupby("run_id").tail(1)
     last = last.dropna(subset=["optim/step_size_median"])
     by_lr = last.groupby(["method", "lr"])["optim/step_size_median"]
-    steps = by_lr.agg(["median", "min", "max"]).reset_index()
+    return by_lr.agg(mean="mean", std="std", seeds="count").reset_index()
+
+
+def draw_effective_steps(table: pd.DataFrame, order: list[str]) -> plt.Figure:
+    """The step each method takes against its knob, a panel per method with a step-size diagnostic:
+    `effective_steps` as a line with a mean ± 1 std band (cut at a tenth of the smallest mean on the
+    log axis), the knob itself dashed (the step of SGD-M and Adam, which have no panel)."""
+    steps = effective_steps(table)
     shown = style.order(steps["method"].unique(), order)
     with plt.rc_context(style.STYLE):
         fig, axes = _panels(len(shown))
         for ax, method in zip(axes, shown, strict=True):
             rows = steps[steps["method"] == method].sort_values("lr")
             c = style.colour(method)
+            mean, std = rows["mean"].to_numpy(), rows["std"].fillna(0.0).to_numpy()
+            floor = 0.1 * mean[mean > 0].min() if (mean > 0).any() else 1e-12
             ax.plot(rows["lr"], rows["lr"], ls="--", lw=0.8, color="grey", label="the knob")
-            ax.fill_between(rows["lr"], rows["min"], rows["max"], color=c, alpha=style.BAND_ALPHA)
-            ax.plot(rows["lr"], rows["median"], color=c, marker="o", ms=3, label="step taken")
+            ax.fill_between(
+                rows["lr"], np.maximum(mean - std, floor), mean + std, color=c,
+                alpha=style.BAND_ALPHA, label=f"band {method}",
+            )  # fmt: skip
+            ax.plot(rows["lr"], mean, color=c, marker="o", ms=3, label=method)
             ax.set(xscale="log", yscale="log", title=style.label(method), xlabel="knob (lr)")
         axes[0].set_ylabel("step size, last epoch")
-        axes[0].legend(frameon=False, loc="upper left")
+        axes[0].legend(
+            handles=axes[0].get_lines(), labels=["the knob", "step taken"], frameon=False,
+            loc="upper left",
+        )  # fmt: skip
         fig.suptitle(
             "The step taken against the knob: MoMo's τ, Prodigy's and D-Adaptation's d·lr "
-            "(D-Adapt-SGD: d·lr/‖g₀‖), Schedule-Free's lr, DoG's η;\nmedian over the last epoch's "
-            "steps, median and range over seeds; dashed: the knob, the step of SGD-M and Adam",
+            "(D-Adapt-SGD: d·lr/‖g₀‖), Schedule-Free's warmed-up lr, DoG's η;\nmedian of the last "
+            "epoch's steps, mean ± 1 std over seeds; dashed: the knob, the step of SGD-M and Adam",
             fontsize=8.5,
         )
     return fig
@@ -177,12 +193,13 @@ def draw_step_traces(trace: pd.DataFrame, order: list[str]) -> plt.Figure:
 
 
 def diagnostic_figures(
-    files: layout.AggregatePaths, summary: pd.DataFrame
+    files: layout.AggregatePaths, summary: pd.DataFrame, order: list[str] | None = None
 ) -> dict[str, plt.Figure]:
     """By file name: the step-size figure of every optimizer with adaptive steps, MoMo*'s bound, and
-    the effective steps of every method with a step-size diagnostic."""
+    the effective steps of every method with a step-size diagnostic, its panels in `order` (a spec's
+    methods; default: the style's order)."""
     out = {}
-    order = list(style.COLOURS)  # the panels' order
+    order = order or list(style.COLOURS)
     if files.trace.is_file():
         trace = pd.read_parquet(files.trace)
         for optimizer in sorted(trace.loc[trace["adaptive_step"].notna(), "optimizer"].unique()):
