@@ -145,14 +145,35 @@ def test_dowg_step_size_is_the_factor_of_its_clipped_gradient() -> None:
         torch.testing.assert_close(x.detach(), before - step * grad)
 
 
-def test_prodigy_and_dadapt_adam_step_size_is_d_times_the_multiplier() -> None:
-    for name in ("prodigy", "dadapt_adam"):
-        x = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
-        opt = _optimizer(name, [x], "optimizer.lr=10")
-        for _ in range(3):
-            _grad_step(opt, x, torch.zeros(3))
-        d = opt.param_groups[0]["d"]
-        assert d > 1e-6 and peers.step_diagnostics(opt)["step_size"] == pytest.approx(10 * d)
+def test_prodigy_step_size_is_the_lr_of_its_next_adam_step() -> None:
+    """Prodigy steps x -= d·lr · m / (sqrt(v) + d·eps) with the d of the previous step."""
+    x = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = _optimizer("prodigy", [x], "optimizer.lr=10")
+    target = torch.tensor([0.3, 0.1, -0.2])
+    _grad_step(opt, x, target)
+    for _ in range(4):
+        step = float(peers.step_diagnostics(opt)["step_size"])
+        before = x.detach().clone()
+        _grad_step(opt, x, target)
+        state, d = opt.state[x], opt.param_groups[0]["d"]
+        assert d > 1e-6  # d has grown from d0: the step is the estimate, not the knob
+        denom = state["exp_avg_sq"].sqrt() + d * opt.param_groups[0]["eps"]
+        torch.testing.assert_close(x.detach(), before - step * state["exp_avg"] / denom)
+
+
+def test_dadapt_adam_step_size_is_the_weight_of_the_next_gradient_in_its_momentum() -> None:
+    """D-Adapt-Adam folds d·lr into its first moment: m = beta1·m + (1 - beta1)·d·lr·g."""
+    x = torch.nn.Parameter(torch.tensor([1.0, -2.0, 0.5]))
+    opt = _optimizer("dadapt_adam", [x], "optimizer.lr=10")
+    beta1 = opt.param_groups[0]["betas"][0]
+    target = torch.tensor([0.3, 0.1, -0.2])
+    _grad_step(opt, x, target)
+    for _ in range(4):
+        step = float(peers.step_diagnostics(opt)["step_size"])
+        m = opt.state[x]["exp_avg"].clone()
+        grad = _grad_step(opt, x, target)
+        torch.testing.assert_close(opt.state[x]["exp_avg"], beta1 * m + (1 - beta1) * step * grad)
+    assert opt.param_groups[0]["d"] > 1e-6
 
 
 def test_step_diagnostics_leave_momo_and_plain_optimizers_as_they_are() -> None:
@@ -333,6 +354,7 @@ def test_train_resumes_each_peer_bit_exactly(
 # --- the command line: a one-epoch smoke run of every peer, its record and its step size --------
 
 
+@pytest.mark.slow  # seven processes: about 10 s
 def test_cli_smoke_run_of_every_peer_records_its_step_size(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "experiments.train", "-m", "experiment=lr_free",
@@ -357,6 +379,7 @@ def test_cli_smoke_run_of_every_peer_records_its_step_size(tmp_path: Path) -> No
     assert sorted(found) == sorted(PEERS)
 
 
+@pytest.mark.slow  # a ResNet20 on CPU: about 10 s
 def test_smoke_run_of_schedule_free_and_dog_on_a_batch_norm_resnet(tmp_path: Path) -> None:
     for name in ("sf_adamw", "dog"):
         cfg = compose_config(
