@@ -120,7 +120,17 @@ def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
         if not run.task.shards_batches:
             batch = distributed.shard(batch, run.dist)
         closure = functools.partial(_closure, run, batch)
-        loss = run.optimizer.step(closure)
+        try:
+            loss = run.optimizer.step(closure)
+        except Exception:
+            # An optimizer may refuse a non-finite gradient (DoG asserts on it): the run diverged at
+            # this step. The gradients are all-reduced, so every rank takes the same branch.
+            if bool(torch.isfinite(_grad_norm(run.model))):
+                raise
+            log.warning(
+                "[%s] step %d: the optimizer raised on a non-finite gradient", run.name, step
+            )
+            return steps.finish(), True
         peers.after_step(run.averager)
         steps.record(
             step, loss.detach(), peers.step_diagnostics(run.optimizer), _grad_norm(run.model)

@@ -464,3 +464,25 @@ def test_optimizer_memory_script_measures_each_named_optimizer() -> None:
         and cells[1] in ("adam", "sf_sgd", "prodigy")
     }  # fmt: skip
     assert rows == {"adam": 8.0, "sf_sgd": 4.0, "prodigy": 16.0}
+
+
+# --- divergence: an optimizer that raises on a non-finite gradient -----------------------------
+
+
+def test_train_records_dog_raising_on_a_non_finite_gradient_as_diverged(tmp_path: Path) -> None:
+    """DoG asserts `G > 0` when a gradient is NaN: that is the run diverging, not failing (a failed
+    record would be retried by every rerun of the sweep, and fail again)."""
+    info = train.train(toy_config(tmp_path, "optimizer=dog", "optimizer.lr=1e12", "epochs=3"))
+    assert info["status"] == "diverged" and info["epochs_done"] == 1 and info["error"] is None
+
+
+def test_train_records_an_optimizer_raising_on_finite_gradients_as_failed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def refuse(self, closure=None):
+        closure()
+        raise AssertionError("a bug in the optimizer")
+
+    monkeypatch.setattr(torch.optim.SGD, "step", refuse)
+    info = train.train(toy_config(tmp_path, "optimizer=sgd_m"))
+    assert info["status"] == "failed" and "a bug in the optimizer" in info["error"]
