@@ -40,7 +40,7 @@ obtain_fashion_mnist() {
     fi
 }
 
-[[ $FIG == fashion_mnist_mlp ]] && obtain_fashion_mnist
+[[ $FIG == fashion_mnist_mlp || $FIG == lr_free ]] && obtain_fashion_mnist
 
 start=$(date +%s)
 say "sweep $FIG on launcher $LAUNCHER ($(nproc) cores)"

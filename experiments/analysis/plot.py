@@ -344,7 +344,7 @@ def plot_experiment(
     summary, curves = _read_summaries(files)
     out_dir = Path(plots_dir) / experiment
     drawn = figures(spec, summary, curves, paper_summary(spec, results_dir))
-    drawn |= plot_steps.diagnostic_figures(files, summary)
+    drawn |= plot_steps.diagnostic_figures(files, summary, spec.all_methods())
     return [path for name, fig in drawn.items() for path in style.save(fig, out_dir / name)]
 
 

@@ -98,7 +98,7 @@ def render(experiment: str, results_dir: Path, page_dir: Path) -> str:
     runs = pd.read_csv(files.runs, keep_default_na=False, na_values={"lr": [""], "seed": [""]})
     runs["selected"] = runs["selected"].astype(str) == "True"
     drawn = figures(spec, summary, curves, paper_summary(spec, results_dir))
-    drawn |= plot_steps.diagnostic_figures(files, summary)
+    drawn |= plot_steps.diagnostic_figures(files, summary, spec.all_methods())
     images = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{_png(fig)}">'
         f"<figcaption>{name}</figcaption></figure>"

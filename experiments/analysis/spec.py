@@ -114,6 +114,10 @@ class FigureSpec:
             out[f"{self.experiment}_extras"] = list(self.extras.methods)
         return out
 
+    def all_methods(self) -> list[str]:
+        """Every method of the spec's figures, each once, in legend order (the paper's first)."""
+        return list(dict.fromkeys(m for methods in self.figures().values() for m in methods))
+
     def variant(self, role: str) -> Variant | None:
         return next((v for v in self.variants if v.role == role), None)
 

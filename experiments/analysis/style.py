@@ -22,6 +22,14 @@ COLOURS = {
     "adabelief": "#FFBF46",
     "adabound": "#4f9d69",
     "lion": "#dbabab",
+    # the learning-rate-free peers (not in the paper)
+    "prodigy": "#6a4c93",
+    "dadapt_adam": "#b5179e",
+    "dadapt_sgd": "#f28cc0",
+    "sf_adamw": "#0f9d9a",
+    "sf_sgd": "#7fd8cf",
+    "dog": "#8d6e63",
+    "dowg": "#c2a79b",
 }
 LABELS = {
     "momo": "MoMo",
@@ -35,6 +43,13 @@ LABELS = {
     "adabelief": "AdaBelief",
     "adabound": "AdaBound",
     "lion": "Lion",
+    "prodigy": "Prodigy",
+    "dadapt_adam": "D-Adapt-Adam",
+    "dadapt_sgd": "D-Adapt-SGD",
+    "sf_adamw": "SF-AdamW",
+    "sf_sgd": "SF-SGD",
+    "dog": "DoG",
+    "dowg": "DoWG",
 }
 # A line variant's values, in the order of the spec: line style and marker (ours filled, the paper's open).
 LINESTYLES = ("-", "--", ":", "-.")

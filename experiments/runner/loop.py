@@ -2,7 +2,9 @@
 
 Every optimizer is stepped as `optimizer.step(closure)`. After each step the loop reads the step-size
 diagnostics that an optimizer may leave in its first param group (experiments.runner.diagnostics):
-`step_size` (tau), `adaptive_step` (t1) and `lb_estimate`. It never asks which optimizer it runs.
+`step_size` (tau), `adaptive_step` (t1) and `lb_estimate`. It never asks which optimizer it runs: what
+an optimizer needs beyond `step` (Schedule-Free's train/eval modes, DoG's averaged model, the step size
+a learning-rate-free method exposes) goes through experiments.runner.peers.
 
 No host sync per step: losses, gradient norms and diagnostics stay 0-dim tensors on the device and move
 to the host once per epoch. The only other syncs are at the trace points (every `trace_every`-th step),
@@ -18,7 +20,7 @@ import math
 import random
 import statistics
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -28,7 +30,7 @@ import torch
 from torch.optim.lr_scheduler import LRScheduler
 from tqdm import tqdm
 
-from experiments.runner import distributed
+from experiments.runner import distributed, peers
 from experiments.runner.diagnostics import DIAGNOSTICS, step_statistics
 from experiments.runner.distributed import DistContext
 from experiments.tasks.base import SPLITS, Task
@@ -56,6 +58,7 @@ class Run:
     name: str = ""  # the run's identity in log lines: `momo lr=1 seed=0`
     max_train_batches: int | None = None  # a smoke profile's caps; None: whole epochs and splits
     max_eval_batches: int | None = None
+    averager: peers.Averager | None = None  # an iterate average evaluated instead (DoG's authors')
 
     @property
     def batches_per_epoch(self) -> int:
@@ -106,7 +109,7 @@ def fit(
 def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
     """One pass over the task's training batches; returns the step log and whether the loss went
     non-finite (the epoch stops at the first trace point after that)."""
-    run.model.train()
+    peers.train_mode(run.optimizer, run.model)  # Schedule-Free's optimizer.train() too
     steps = StepLog(epoch)
     batches = itertools.islice(run.task.train_batches(run.generator), run.batches_per_epoch)
     if run.progress:
@@ -117,8 +120,21 @@ def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
         if not run.task.shards_batches:
             batch = distributed.shard(batch, run.dist)
         closure = functools.partial(_closure, run, batch)
-        loss = run.optimizer.step(closure)
-        steps.record(step, loss.detach(), run.optimizer.param_groups[0], _grad_norm(run.model))
+        try:
+            loss = run.optimizer.step(closure)
+        except Exception:
+            # An optimizer may refuse a non-finite gradient (DoG asserts on it): the run diverged at
+            # this step. The gradients are all-reduced, so every rank takes the same branch.
+            if bool(torch.isfinite(_grad_norm(run.model))):
+                raise
+            log.warning(
+                "[%s] step %d: the optimizer raised on a non-finite gradient", run.name, step
+            )
+            return steps.finish(), True
+        peers.after_step(run.averager)
+        steps.record(
+            step, loss.detach(), peers.step_diagnostics(run.optimizer), _grad_norm(run.model)
+        )
         if run.schedule_interval == "step":
             run.scheduler.step()
         if (step - 1) % run.trace_every == 0 and steps.trace_point(step, run.dist):
@@ -135,16 +151,27 @@ def _closure(run: Run, batch: Any) -> torch.Tensor:
 
 
 def evaluate(run: Run) -> dict[str, float]:
-    """The task's metrics on the training and validation sets, as `split/metric` keys; the model is in
-    eval mode for it and back in train mode after it."""
-    run.model.eval()
+    """The task's metrics on the training and validation sets, as `split/metric` keys, of the model
+    that the optimizer's protocol evaluates (experiments/runner/peers.py: Schedule-Free's x, DoG's
+    average); the model is in eval mode for it and back in train mode after it."""
     row = {}
-    with torch.no_grad(), run.autocast():
+    sample = _train_sample(run)  # Schedule-Free's BatchNorm statistics are recomputed on it
+    with (
+        torch.no_grad(),
+        run.autocast(),
+        peers.evaluation(run.optimizer, run.model, run.averager, sample, run.task.loss) as model,
+    ):
         for split in SPLITS:
-            metrics = evaluate_split(run.task, run.model, split, run.max_eval_batches, run.dist)
+            metrics = evaluate_split(run.task, model, split, run.max_eval_batches, run.dist)
             row |= {f"{split}/{key}": value for key, value in metrics.items()}
-    run.model.train()
     return row
+
+
+def _train_sample(run: Run) -> Iterator[Any]:
+    """Training batches in a fixed order that leaves the run's generator alone, this rank's share."""
+    batches = run.task.train_batches(torch.Generator().manual_seed(0))
+    for batch in itertools.islice(batches, run.batches_per_epoch):
+        yield batch if run.task.shards_batches else distributed.shard(batch, run.dist)
 
 
 def evaluate_split(
@@ -269,6 +296,7 @@ def snapshot(run: Run, state: TrainState) -> dict[str, Any]:
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
+        "averager": run.averager.state_dict() if run.averager is not None else None,
         "rng": rng,
     }
 
@@ -277,6 +305,8 @@ def restore(run: Run, checkpoint: dict[str, Any]) -> TrainState:
     run.model.load_state_dict(checkpoint["model"])
     run.optimizer.load_state_dict(checkpoint["optimizer"])
     run.scheduler.load_state_dict(checkpoint["scheduler"])
+    if run.averager is not None:
+        run.averager.load_state_dict(checkpoint["averager"])
     rng = checkpoint["rng"]
     torch.set_rng_state(rng["torch"])
     run.generator.set_state(rng["generator"])

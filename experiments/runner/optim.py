@@ -1,7 +1,8 @@
 """Optimizers and learning-rate schedules from their config nodes (configs/optimizer/, configs/schedule/).
 
 Both are Hydra `_target_` + `_partial_: true` nodes. Keys that describe the choice rather than parametrise
-the constructor (`name`, and a schedule's `interval`) are dropped before instantiation.
+the constructor (`name`, a schedule's `interval`, an optimizer's `averager`, which the runner builds on the
+model: experiments/runner/peers.py) are dropped before instantiation.
 
 Which parameters weight decay applies to is the run's `weight_decay_exempt` (docs/design.md §3), not an
 optimizer hyperparameter: every optimizer takes the same param groups.
@@ -22,7 +23,7 @@ from torch.optim.lr_scheduler import LambdaLR, LRScheduler
 
 log = logging.getLogger(__name__)
 
-_NOT_CONSTRUCTOR_ARGS = ("name", "interval")
+_NOT_CONSTRUCTOR_ARGS = ("name", "interval", "averager")
 # weight_decay_exempt values: null (the default) gives one group whose every parameter decays
 WEIGHT_DECAY_EXEMPT = ("bias_and_norm",)
 

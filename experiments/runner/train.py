@@ -31,7 +31,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from experiments.data import DatasetNotFoundError
 from experiments.layout import CONFIG_DIR
-from experiments.runner import distributed, errors, identity, loop, optim, records
+from experiments.runner import distributed, errors, identity, loop, optim, peers, records
 from experiments.runner.distributed import DistContext
 from experiments.runner.loggers import Logger, NullLogger
 
@@ -158,6 +158,7 @@ def build_run(cfg: DictConfig, ctx: DistContext) -> loop.Run:
         name=identity.run_name(cfg),
         max_train_batches=cfg.profile.max_train_batches,
         max_eval_batches=cfg.profile.max_eval_batches,
+        averager=peers.build_averager(cfg.optimizer.get("averager"), model),
     )
 
 

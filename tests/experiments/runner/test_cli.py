@@ -49,7 +49,8 @@ def _run_cli_in_process(
         (["optimizer.weight_decay=inf"], "error: Invalid optimizer.weight_decay: inf (a finite number)"),
         (["optimizer=no_such"],
          "error: Could not find 'optimizer/no_such'; available: adabelief, adabound, adam, adamw, "
-         "lion, momo, momo_adam, momo_adam_star, momo_star, prox_sps, sgd_m"),
+         "dadapt_adam, dadapt_sgd, dog, dowg, lion, momo, momo_adam, momo_adam_star, momo_star, "
+         "prodigy, prox_sps, sf_adamw, sf_sgd, sgd_m"),
     ],
 )  # fmt: skip
 def test_cli_bad_input_prints_one_line_and_exits_2(

@@ -17,7 +17,7 @@ import pytest
 import torch
 from _toy_task import CONFIG_DIR, compose_config
 
-from experiments.runner import sweep, train
+from experiments.runner import peers, sweep, train
 from experiments.runner.distributed import DistContext
 from experiments.tasks import criteo_dlrm
 
@@ -68,10 +68,17 @@ def _one_step_with_each_optimizer(experiment: str) -> None:
                 p.grad = g.clone()
             return loss
 
+        peers.train_mode(run.optimizer, run.model)  # as the loop does (Schedule-Free needs it)
         lr = run.optimizer.param_groups[0]["lr"]  # 0 at the start of a warmup from 0 (diffusion)
         assert math.isfinite(float(run.optimizer.step(closure))), (experiment, name)
-        moved = any(not torch.equal(p, q) for p, q in zip(params, initial))
-        assert run.optimizer.state and moved == (lr > 0), (experiment, name, lr)
+        # it keeps what its next step needs: state, or tensors in its param group (DoG's x_0)
+        assert peers.state_bytes(run.optimizer) > 0, (experiment, name)
+        step = peers.effective_step(run.optimizer)
+        if step is None:
+            moved = any(not torch.equal(p, q) for p, q in zip(params, initial))
+            assert moved == (lr > 0), (experiment, name, lr)
+        else:  # a learning-rate-free peer: its first step starts from d0 = 1e-6, below float32's ulp
+            assert math.isfinite(float(step)) and (float(step) > 0) == (lr > 0), (experiment, name)
         if name in MOMO_FAMILY:
             assert float(run.optimizer.param_groups[0]["step_size"]) >= 0, (experiment, name)
 

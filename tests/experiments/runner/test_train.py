@@ -15,7 +15,7 @@ from _toy_task import CONFIG_DIR, compose_config, toy_config
 from hydra.errors import ConfigCompositionException, MissingConfigException
 from record_schema import check_record
 
-from experiments.runner import loop, optim, records, train
+from experiments.runner import loop, optim, peers, records, train
 from experiments.runner.diagnostics import TRACE_COLUMNS
 from experiments.runner.train import main as train_main
 
@@ -176,6 +176,7 @@ def test_every_optimizer_config_builds_and_steps_with_a_closure() -> None:
         model = torch.nn.Linear(4, 1)
         opt = optim.build_optimizer(cfg.optimizer, model.parameters())
         before = model.weight.detach().clone()
+        peers.train_mode(opt, model)  # as the loop does (Schedule-Free refuses to step otherwise)
 
         def closure(opt=opt, model=model):
             opt.zero_grad()
