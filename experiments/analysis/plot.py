@@ -136,6 +136,7 @@ def _mark_diverged(marks: list[tuple], quantities: list[_Quantity]) -> None:
             if ax is not quantity.ax:
                 continue
             at = y if math.isfinite(y) else edge
+            at = min(max(at, min(limits)), max(limits))  # a value beyond a set ylim: at its edge
             ax.plot([lr], [at], "x", color=c, ms=6, mew=1.5, clip_on=False, zorder=5)
             ax.annotate(
                 text, (lr, at), xytext=(3, 3), textcoords="offset points", fontsize=5.5, color=c

@@ -96,6 +96,16 @@ def test_draw_robustness_marks_partly_diverged_seeds(tmp_path):
     assert "k/n seeds diverged" in _legend(fig)
 
 
+def test_draw_robustness_keeps_a_cross_beyond_a_set_ylim_on_the_axis_edge(tmp_path):
+    spec = figure_spec(["sgd_m"])
+    spec.score.ylim = [0.0, 1.0]  # in %: every score of the fake sweep is above it
+    write_sweep(tmp_path, "e", grids={"sgd_m": [0.1, 1.0, 10.0]}, diverged={("sgd_m", 10.0, 2)})
+    score_ax = draw_robustness(final(_curves(tmp_path, spec)), spec, "e").axes[1]
+    (cross,) = [x for x in score_ax.get_lines() if x.get_marker() == "x"]
+    assert score_ax.get_ylim() == (0.0, 1.0)
+    assert cross.get_ydata()[0] == pytest.approx(1.0)  # on the edge, not drawn outside the panel
+
+
 def test_draw_robustness_mse_log_axis_no_band_below_zero_diverged_at_the_top(tmp_path):
     spec = figure_spec(["momo"], kind="mse")
     lrs = [1e-3, 1e-2, 1e-1, 1.0, 10.0]
