@@ -52,6 +52,16 @@ import torch
 from torch import Tensor, nn
 from torch.func import functional_call, vmap
 
+__all__ = [
+    "BatchedGroup",
+    "EvalFn",
+    "LossFn",
+    "Member",
+    "MemberModel",
+    "OptimizerFactory",
+    "StepResult",
+]
+
 LossFn = Callable[[Any, Any], Tensor]
 EvalFn = Callable[[Any, Any], dict[str, Tensor]]
 OptimizerFactory = Callable[[list[Tensor]], torch.optim.Optimizer]
@@ -319,7 +329,7 @@ class BatchedGroup:
             torch.cat([t[key][: len(c.members)] for c, t in zip(self._chunks, totals)])
             for key in keys
         ]
-        host = torch.stack([column.to(torch.float64) for column in columns], dim=1).tolist()
+        host = torch.stack([c.to(self._device, torch.float64) for c in columns], dim=1).tolist()
         for index, values in zip(self.alive, host):
             results[index] = dict(zip(keys, values))
         return results

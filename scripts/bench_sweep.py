@@ -146,7 +146,7 @@ def eval_sums(model, batch) -> dict[str, torch.Tensor]:
     return {
         "loss": F.cross_entropy(logits, labels, reduction="sum"),
         "correct": (logits.argmax(dim=1) == labels).sum(),
-        "count": torch.tensor(labels.shape[0]),
+        "count": torch.tensor(labels.shape[0], device=labels.device),
     }
 
 
