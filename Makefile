@@ -13,7 +13,8 @@ FIG ?= $(EXPERIMENT)
 
 .DEFAULT_GOAL := help
 .PHONY: help install test test-fast test-gpu test-slurm test-all lint format bench reproduce-figure sweep status \
-        aggregate plot smoke install-fairseq install-torchrec data-fashion-mnist data-iwslt14 data-criteo clean
+        aggregate plot paper-figures report wandb-summary smoke install-fairseq install-torchrec data-fashion-mnist \
+        data-iwslt14 data-criteo clean
 
 help: ## list the targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-18s %s\n", $$1, $$2}'
@@ -34,17 +35,17 @@ install-fairseq: ## (re)install fairseq-fixed into .venv (part of install)
 install-torchrec: ## (re)install torchrec for DLRM into .venv (part of install)
 	PYTHON=$(PY) bash scripts/install_torchrec.sh
 
-test: $(STAMP) ## every CPU test: the math, every smoke run, sweeps, local SLURM (offline, ~10 min on 2 cores)
+test: $(STAMP) ## every CPU test: the math, every smoke run, sweeps, local SLURM (offline; 11 min on 2 cores)
 	$(PY) -m pytest -m "not gpu"
 
-test-fast: $(STAMP) ## the quick subset for development (no slow, SLURM or GPU tests; ~2 min)
+test-fast: $(STAMP) ## the quick subset for development (no slow, SLURM or GPU tests; 3.5 min)
 	$(PY) -m pytest
 
 test-gpu: $(STAMP) ## the CUDA tests (needs a GPU)
 	$(PY) -m pytest -m gpu
 
-test-slurm: $(STAMP) ## the SLURM sweep tests on a local single-node cluster (root, Debian)
-	$(PY) -m pytest -m slurm tests/experiments/test_slurm.py
+test-slurm: $(STAMP) ## the SLURM sweep tests on a local single-node cluster (root, Debian; stops what it starts)
+	$(PY) -m pytest -m slurm tests/experiments/runner/test_slurm.py
 
 test-all: $(STAMP) ## every test, GPU ones included (they skip without CUDA)
 	$(PY) -m pytest -m ""
@@ -57,22 +58,32 @@ format: $(STAMP) ## ruff format and autofix
 	$(VENV)/bin/ruff format momo experiments scripts tests
 	$(VENV)/bin/ruff check --fix momo experiments scripts tests
 
-bench: $(STAMP) ## optimizer-step benchmark against torch.optim and momo-opt 0.1.0
+BENCH_ARGS ?=
+bench: $(STAMP) ## optimizer-step benchmark against torch.optim and momo-opt 0.1.0 (BENCH_ARGS="--threads 1 --clock cpu")
 	test -f .bench_cache/momo_opt/momo/__init__.py || \
 	  $(PY) -m pip install -q --no-deps --target .bench_cache/momo_opt momo-opt==0.1.0
-	$(PY) scripts/bench.py
+	$(PY) scripts/bench.py $(BENCH_ARGS)
 
-sweep: $(STAMP) ## run the lr sweep of EXPERIMENT (LAUNCHER=local|parallel|slurm, ARGS="overrides")
-	$(PY) -m experiments.sweep $(EXPERIMENT) --launcher $(LAUNCHER) $(ARGS)
+sweep: $(STAMP) ## run the lr sweep of EXPERIMENT (LAUNCHER=parallel|local|slurm|slurm_cpu, ARGS="overrides")
+	$(PY) -m experiments.runner.sweep $(EXPERIMENT) --launcher $(LAUNCHER) $(ARGS)
 
 status: $(STAMP) ## how many runs of the sweep of EXPERIMENT are done, diverged, failed, missing
-	$(PY) -m experiments.sweep $(EXPERIMENT) --status $(ARGS)
+	$(PY) -m experiments.runner.sweep $(EXPERIMENT) --status $(ARGS)
 
-aggregate: $(STAMP) ## the tidy table and robustness numbers of EXPERIMENT (results/)
-	$(PY) -m experiments.aggregate $(EXPERIMENT)
+aggregate: $(STAMP) ## the summary and widths of EXPERIMENT's sweep (results/; ARGS: the sweep's overrides)
+	$(PY) -m experiments.analysis.aggregate $(EXPERIMENT) $(ARGS)
 
-plot: $(STAMP) ## the figures of EXPERIMENT (plots/), from the aggregated table
-	$(PY) -m experiments.plot $(EXPERIMENT)
+plot: $(STAMP) ## the figures of EXPERIMENT (plots/), from its aggregated summary
+	$(PY) -m experiments.analysis.plot $(EXPERIMENT)
+
+paper-figures: $(STAMP) ## the paper's six record-backed figures from results/paper (plots/paper/) + widths
+	$(PY) -m experiments.analysis.paper_figures
+
+report: $(STAMP) ## one self-contained HTML page of EXPERIMENT (plots/EXPERIMENT/report.html)
+	$(PY) -m experiments.analysis.report $(EXPERIMENT)
+
+wandb-summary: $(STAMP) ## log EXPERIMENT's figures and tables as a "summary" run in its sweep's W&B group
+	$(PY) -m experiments.runner.wandb_summary $(EXPERIMENT) $(ARGS)
 
 reproduce-figure: $(STAMP) ## sweep + aggregate + plot of FIG (default: Fashion-MNIST MLP on this CPU)
 	PY=$(PY) FIG=$(FIG) LAUNCHER=$(LAUNCHER) ARGS="$(ARGS)" bash scripts/reproduce_figure.sh

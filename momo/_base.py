@@ -1,4 +1,4 @@
-"""What Momo and MomoAdam share: the loss argument, the global model state and validation.
+"""What Momo and MomoAdam share: the loss argument, the global model state, gathering and validation.
 
 MoMo's model of the loss is global: the loss average ``fbar``, the average ``gamma`` of <g, x> and the step
 counter ``k`` are scalars shared by every param group (inner products and norms run over all parameters).
@@ -9,7 +9,8 @@ string key and ``load_state_dict()`` restores as is, so a checkpoint resumes the
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterable
+import numbers
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -50,6 +51,16 @@ def check_finite(name: str, value: float) -> None:
         raise ValueError(f"Invalid {name}: {value} (must be a finite number)")
 
 
+def scalar_dtype(param: Tensor) -> torch.dtype:
+    """The dtype of the global scalars (loss average, gamma, reductions): float64 for double-precision
+    parameters, float32 otherwise (also for bf16 and fp16, whose range a sum of squares would overflow)."""
+    return torch.float64 if param.dtype in (torch.float64, torch.complex128) else torch.float32
+
+
+def _real_views(tensors: list[Tensor]) -> list[Tensor]:
+    return [torch.view_as_real(t) if t.is_complex() else t for t in tensors]
+
+
 class MomoBase(Optimizer):
     """Book-keeping shared by Momo and MomoAdam; subclasses implement ``_update(loss)``."""
 
@@ -66,6 +77,16 @@ class MomoBase(Optimizer):
         self.sync_loss = sync_loss
         self.process_group = process_group
 
+    def __getstate__(self) -> dict[str, Any]:
+        # torch.optim.Optimizer keeps only defaults, state and param_groups. A process group cannot be
+        # pickled: a copy (copy.deepcopy, pickle) averages the loss over the default group, the world.
+        return {**super().__getstate__(), "sync_loss": self.sync_loss}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        super().__setstate__(state)
+        self.sync_loss = state.get("sync_loss", True)
+        self.process_group = None
+
     def add_param_group(self, param_group: dict[str, Any]) -> None:
         super().add_param_group(param_group)
         first, new = self.param_groups[0], self.param_groups[-1]
@@ -78,6 +99,7 @@ class MomoBase(Optimizer):
                 )
         for key in ("lr", "weight_decay"):
             if isinstance(new[key], Tensor):
+                self.param_groups.pop()
                 raise ValueError(f"Invalid {key}: a tensor; MoMo takes {key} as a Python float")
 
     @torch.no_grad()
@@ -94,16 +116,54 @@ class MomoBase(Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+            if loss is None:
+                name = getattr(closure, "__qualname__", type(closure).__name__)
+                raise ValueError(
+                    f"{_MISSING_LOSS}\n(the closure {name} returned None: it must return the loss)"
+                )
         self._update(self._as_loss_tensor(loss))
         return loss
 
     def _update(self, loss: Tensor) -> None:
         raise NotImplementedError
 
+    def _gather(
+        self, group: dict[str, Any], state_keys: Sequence[str]
+    ) -> tuple[list[Tensor], list[Tensor], list[list[Tensor]]]:
+        """The params of ``group`` that have a gradient, their gradients, and for each of ``state_keys``
+        the list of that state tensor, created as zeros on first use. Complex tensors are viewed as real
+        ones (``torch.view_as_real``), as torch.optim does: MoMo sees a complex number as two real
+        coordinates, so a complex parameter steps exactly as its real view would."""
+        params: list[Tensor] = []
+        grads: list[Tensor] = []
+        param_states: list[dict[str, Tensor]] = []
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            if grad.is_sparse:
+                raise RuntimeError(
+                    f"{type(self).__name__} does not support sparse gradients (parameter of shape "
+                    f"{tuple(p.shape)}): its inner products and norms need dense ones"
+                )
+            state = self.state[p]
+            if not state:
+                for key in state_keys:
+                    state[key] = torch.zeros_like(p, memory_format=torch.preserve_format)
+            params.append(p)
+            grads.append(grad)
+            param_states.append(state)
+        states = [[state[key] for state in param_states] for key in state_keys]
+        if any(p.dtype.is_complex for p in params):
+            params, grads = _real_views(params), _real_views(grads)
+            states = [_real_views(collected) for collected in states]
+        return params, grads, states
+
     def _publish(
         self, taus: list[Tensor], t1s: list[Tensor], lb_estimates: list[Tensor | None]
     ) -> None:
-        """The step-size diagnostics of docs/design.md §1, one set per param group."""
+        """The step-size diagnostics of docs/design.md §1, one set per param group: fresh tensors that no
+        later step changes, so a logger may keep them and read them (with a host sync) when it likes."""
         for group, tau, t1, lb in zip(self.param_groups, taus, t1s, lb_estimates):
             group["step_size"], group["adaptive_step"] = tau, t1
             if lb is not None:
@@ -116,19 +176,26 @@ class MomoBase(Optimizer):
                     return p
         return None
 
-    def _as_loss_tensor(self, loss: Tensor | float) -> Tensor:
+    def _as_loss_tensor(self, loss: Any) -> Tensor:
         """The loss as a 0-dim tensor on the parameters' device, averaged over data-parallel ranks."""
         p = self._first_param()
         device = p.device if p is not None else torch.device("cpu")
-        dtype = torch.float64 if p is not None and p.dtype == torch.float64 else torch.float32
+        dtype = scalar_dtype(p) if p is not None else torch.float32
         if isinstance(loss, Tensor):
-            if loss.numel() != 1:
+            if loss.numel() != 1 or loss.is_complex() or loss.dtype == torch.bool:
                 raise ValueError(
-                    f"Invalid loss: a tensor of shape {tuple(loss.shape)}; MoMo needs a scalar"
+                    f"Invalid loss: a {loss.dtype} tensor of shape {tuple(loss.shape)}; MoMo needs "
+                    "the batch loss as one real number (a tensor with one element, or a float)"
                 )
             loss = loss.detach().reshape(()).to(device=device, dtype=dtype)
+        elif isinstance(loss, numbers.Real) and not isinstance(loss, bool):
+            # torch.full fills on the device: no host-to-device copy, which would wait on a GPU
+            loss = torch.full((), float(loss), device=device, dtype=dtype)
         else:
-            loss = torch.tensor(float(loss), device=device, dtype=dtype)
+            raise ValueError(
+                f"Invalid loss: {loss!r} (a {type(loss).__name__}); MoMo needs the batch loss as one "
+                "real number (a tensor with one element, or a float)"
+            )
         if self.sync_loss and dist.is_available() and dist.is_initialized():
             world = dist.get_world_size(self.process_group)
             if world > 1:

@@ -1,4 +1,4 @@
-"""Building blocks of the multi-tensor paths of Momo and MomoAdam.
+"""Building blocks of the fast paths of Momo and MomoAdam.
 
 Every scalar here is a 0-dim tensor on the parameters' device: nothing is read back to the host, so a step
 never waits for the device and traces under ``torch.compile(fullgraph=True)``.
@@ -18,15 +18,35 @@ F = TypeVar("F", bound=Callable)
 
 @functools.cache
 def compile_kernel(kernel: F) -> F:
-    """The kernel as one compiled function: inductor fuses elementwise work across the foreach ops that
-    eager PyTorch runs as separate passes (how much depends on the backend: see the README's table)."""
-    return torch.compile(kernel, fullgraph=True)  # type: ignore[return-value]
+    """The kernel as one compiled graph. ``dynamic=False``: every tensor keeps its static shape (the
+    fastest loops), so a new set of parameters with gradients compiles a new graph, while the
+    hyperparameters, fed as tensors, never do."""
+    return torch.compile(kernel, fullgraph=True, dynamic=False)  # type: ignore[return-value]
+
+
+def as_scalar_tensors(values: list[float], like: Tensor) -> list[Tensor]:
+    """Per-group hyperparameters as 0-dim tensors of the scalars' dtype and device, so that a compiled
+    graph takes them as inputs: a Python float would be a constant of the graph (a new lr, a new graph).
+    ``torch.full`` fills on the device: no host-to-device copy."""
+    return [torch.full((), float(v), dtype=like.dtype, device=like.device) for v in values]
+
+
+def flat(groups: list[list[Tensor]]) -> list[Tensor]:
+    return [t for group in groups for t in group]
 
 
 def select(condition: Tensor, a: float, b: float, dtype: torch.dtype) -> Tensor:
     """``a if condition else b`` as a 0-dim tensor of ``dtype`` on the condition's device, without a host
     sync (``torch.where`` of two Python floats would round them to the default float32)."""
     return torch.where(condition, torch.full((), a, dtype=dtype, device=condition.device), b)
+
+
+def first_step_weight(k: Tensor, beta: float, bias_correction: bool) -> Tensor:
+    """The weight of the new value in the averages at step ``k``: 1 - beta, or 1 at the first step
+    without bias correction (the averages then start at the first value, as torch's SGD buffer)."""
+    if bias_correction:
+        return torch.full_like(k, 1.0 - beta)
+    return select(k == 1, 1.0, 1.0 - beta, k.dtype)
 
 
 # The integer type of each float type's width: the bits of a float viewed as an integer.
@@ -36,30 +56,6 @@ _BITS = {
     torch.bfloat16: torch.int16,
     torch.float16: torch.int16,
 }
-
-
-def finite_grads(ok: Tensor, grads: list[Tensor]) -> list[Tensor]:
-    """The gradients, zero everywhere when ``ok`` is False (NaN and inf included), so that a skipped
-    step adds nothing. Eager: a bitwise mask of the gradients themselves (one pass, no temporary).
-    Compiled: a torch.where, which inductor fuses into the update (a mutated graph input would not be)."""
-    if torch.compiler.is_compiling():
-        return [torch.where(ok, g, 0.0) for g in grads]
-    zero_unless_(ok, grads)
-    return grads
-
-
-def ema_(averages: list[Tensor], grads: list[Tensor], ok: Tensor, beta: float) -> None:
-    """averages = beta * averages + (1 - beta) * grads where ``ok``; left as they are (NaN and inf
-    gradients included: 0 * NaN would be NaN) where not."""
-    if torch.compiler.is_compiling():
-        # inductor fuses this select into the lerp's loop
-        safe_grads = [torch.where(ok, g, a) for g, a in zip(grads, averages)]
-        torch._foreach_lerp_(averages, safe_grads, 1.0 - beta)
-    else:
-        # eager: a temporary per tensor would cost a pass and an allocation; mask in place instead
-        zero_unless_(ok, grads)
-        weight = select(ok, 1.0 - beta, 0.0, averages[0].dtype)
-        torch._foreach_lerp_(averages, grads, [weight] * len(averages))
 
 
 def zero_unless_(ok: Tensor, tensors: list[Tensor]) -> None:
@@ -74,25 +70,38 @@ def zero_unless_(ok: Tensor, tensors: list[Tensor]) -> None:
         torch._foreach_mul_(ints, ok.to(ints[0].dtype))
 
 
-def global_dot(a: list[Tensor], b: list[Tensor], dtype: torch.dtype) -> Tensor:
-    """sum_i <a_i, b_i> over all tensors, accumulated in ``dtype``."""
+def scalars_like(value: Tensor, tensors: list[Tensor]) -> list[Tensor]:
+    """The 0-dim ``value`` once per tensor, in that tensor's dtype: how foreach ops take a device scalar
+    (lerp's weight, addcmul's factor) without reading it back to the host."""
+    dtype = tensors[0].dtype
+    if all(t.dtype == dtype for t in tensors):
+        return [value.to(dtype)] * len(tensors)
+    cast = {dtype: value.to(dtype) for dtype in {t.dtype for t in tensors}}
+    return [cast[t.dtype] for t in tensors]
+
+
+_LOW_PRECISION = (torch.bfloat16, torch.float16)
+
+
+def global_dot(a: list[Tensor], b: list[Tensor], like: Tensor) -> Tensor:
+    """sum_i <a_i, b_i> over all tensors, as a 0-dim tensor of the dtype and device of ``like``.
+    One vdot per tensor: the cheapest eager reduction here (a product and a sum cost a temporary)."""
     if not a:
-        return torch.zeros((), dtype=dtype)
-    dots = [torch.vdot(x.flatten(), y.flatten()) for x, y in zip(a, b)]
-    return torch.stack(dots).to(dtype).sum()
+        return torch.zeros_like(like)
+    dots = [
+        torch.vdot(x.flatten(), y.flatten())
+        if x.dtype not in _LOW_PRECISION
+        else torch.dot(x.flatten().to(like.dtype), y.flatten().to(like.dtype))  # not 8 bits
+        for x, y in zip(a, b)
+    ]
+    return torch.stack(dots).to(like.dtype).sum()
 
 
-def global_sq_norm(a: list[Tensor], dtype: torch.dtype) -> Tensor:
-    """sum_i ||a_i||^2 over all tensors."""
+def global_sq_norm(a: list[Tensor], like: Tensor) -> Tensor:
+    """sum_i ||a_i||^2 over all tensors, accumulated in the dtype of ``like`` (on its device)."""
     if not a:
-        return torch.zeros((), dtype=dtype)
-    norms = torch._foreach_norm(a)
-    return torch.stack(norms).to(dtype).square().sum()
-
-
-def add_scaled_(tensors: list[Tensor], others: list[Tensor], scale: Tensor) -> None:
-    """tensors += scale * others for a 0-dim tensor ``scale``, in one pass and without a temporary."""
-    torch._foreach_addcmul_(tensors, others, [scale.to(others[0].dtype)] * len(others))
+        return torch.zeros_like(like)
+    return torch.stack(torch._foreach_norm(a, 2, dtype=like.dtype)).square().sum()
 
 
 def step_size(
@@ -102,8 +111,8 @@ def step_size(
     d_sq_norm: Tensor,
     rho: Tensor,
     lb: Tensor | float,
-    lr: float,
-    c: float,
+    lr: Tensor | float,
+    c: Tensor | float,
 ) -> tuple[Tensor, Tensor]:
     """(t1, tau): the Polyak-type step of the model truncated at ``rho*lb``, and its cap at ``lr/rho``.
     ``c = 1 + lr*weight_decay``. A zero direction (``d_sq_norm == 0``) gives t1 = 0, never 0/0."""
@@ -118,8 +127,8 @@ def lb_reset(
     d_dot_x: Tensor,
     gamma: Tensor,
     rho: Tensor,
-    c: float,
-    lb_floor: float,
+    c: Tensor | float,
+    lb_floor: Tensor | float,
 ) -> Tensor:
     """MoMo*'s reset: where the model's value lies below the estimate, halve towards it (not below the floor)."""
     cap = c * loss_avg + d_dot_x - c * gamma
@@ -133,8 +142,43 @@ def lb_after_step(
     d_sq_norm: Tensor,
     tau: Tensor,
     rho: Tensor,
-    lb_floor: float,
+    lb_floor: Tensor | float,
 ) -> Tensor:
     """MoMo*'s update: the model's value after a step of size tau along d, not below the floor."""
     model_value = loss_avg + d_dot_x - gamma
     return torch.clamp((model_value - 0.5 * tau * d_sq_norm) / rho, min=lb_floor)
+
+
+def group_steps(
+    ok: Tensor,
+    loss_avg: Tensor,
+    d_dot_x: Tensor,
+    gamma: Tensor,
+    d_sq_norm: Tensor,
+    rho: Tensor,
+    *,
+    lb_estimates: list[Tensor | None],
+    lrs: list[float] | list[Tensor],
+    weight_decays: list[float] | list[Tensor],
+    lbs: list[float] | list[Tensor],
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """Per param group, from the global model after the step's averages: tau, t1 (both 0 on a skipped
+    step) and MoMo*'s new lower-bound estimate (None without it), which is also written into the state."""
+    taus, t1s, new_lbs = [], [], []
+    for lr, wd, lb_floor, lb in zip(lrs, weight_decays, lbs, lb_estimates):
+        c = 1 + lr * wd
+        bound = lb_floor
+        if lb is not None:
+            bound = torch.where(ok, lb_reset(lb, loss_avg, d_dot_x, gamma, rho, c, lb_floor), lb)
+        t1, tau = step_size(loss_avg, d_dot_x, gamma, d_sq_norm, rho, bound, lr, c)
+        t1, tau = torch.where(ok, t1, 0.0), torch.where(ok, tau, 0.0)
+        if lb is not None:
+            after = lb_after_step(loss_avg, d_dot_x, gamma, d_sq_norm, tau, rho, lb_floor)
+            new_lb = torch.where(ok, after, lb)
+            lb.copy_(new_lb)
+            new_lbs.append(new_lb)
+        else:
+            new_lbs.append(None)
+        taus.append(tau)
+        t1s.append(t1)
+    return taus, t1s, new_lbs

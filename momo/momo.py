@@ -15,15 +15,16 @@ from momo._base import (
     check_non_negative,
 )
 from momo._kernels import (
-    add_scaled_,
+    as_scalar_tensors,
     compile_kernel,
-    ema_,
+    first_step_weight,
+    flat,
     global_dot,
     global_sq_norm,
-    lb_after_step,
-    lb_reset,
+    group_steps,
+    scalars_like,
     select,
-    step_size,
+    zero_unless_,
 )
 
 __all__ = ["Momo", "momo"]
@@ -47,8 +48,8 @@ class Momo(MomoBase):
                 tau = min(alpha / rho_k, t1)                                group["step_size"]
                 x_{k+1} = (x_k - tau d_k) / (1 + alpha lambda)
 
-    Without bias correction the averages start at the first batch (fbar_0 = f_1, d_0 = g_1,
-    gamma_0 = <g_1, x_1>); with it they start at zero. Inner products and norms run over all parameters
+    Without bias correction the averages start at the first batch taken (fbar_1 = f_1, d_1 = g_1,
+    gamma_1 = <g_1, x_1>: weight 1 on the first step); with it they start at zero. Inner products and norms run over all parameters
     of all groups; tau is per group. The step counter ``k`` is ``state["momo"]["step"]``.
     ``||d_k|| = 0`` gives ``t1 = 0`` (no step).
 
@@ -60,10 +61,12 @@ class Momo(MomoBase):
 
     With ``beta=0`` MoMo is the truncated Polyak step (SPS_max, with proximal weight decay).
 
-    A non-finite loss or gradient skips the step: parameters and every average keep their values,
-    ``group["step_size"]`` is 0 for that step, and the eager path zeroes the gradients. Under
-    ``torch.distributed`` with several processes the loss is averaged over ``process_group`` before it
-    enters ``fbar`` (``sync_loss=True``), so that every rank takes the same step.
+    A non-finite loss or gradient skips the step, the first one included: parameters, every average and
+    the step counter keep their values, ``group["step_size"]`` and ``group["adaptive_step"]`` are 0 for
+    that step, and the foreach path zeroes the gradients. Under ``torch.distributed`` with several
+    processes the loss is averaged over ``process_group`` before it enters ``fbar`` (``sync_loss=True``),
+    so that every rank takes the same step; a copy (``copy.deepcopy``, pickle) uses the default group.
+    Complex parameters step as their real views (``torch.view_as_real``), as in torch.optim.
 
     Args:
         params: parameters or param groups.
@@ -73,8 +76,10 @@ class Momo(MomoBase):
         weight_decay: lambda, applied as a proximal step (default 0).
         bias_correction: zero-initialised averages with the rho_k correction (default False).
         use_fstar: MoMo*, the online lower-bound estimate (default False).
-        foreach: multi-tensor kernels (default: True). False selects the single-tensor reference.
-        compiled: run the whole update as one ``torch.compile(fullgraph=True)`` function (default False).
+        foreach: multi-tensor kernels (default None: on, like True). False selects the single-tensor
+            reference.
+        compiled: run the update as one ``torch.compile(fullgraph=True)`` graph of two fused passes
+            (default False); lr, weight decay and lb enter it as tensors, so a schedule does not recompile.
         sync_loss: average the loss over data-parallel ranks (default True).
         process_group: the group for ``sync_loss`` (default: the world).
     """
@@ -110,31 +115,10 @@ class Momo(MomoBase):
         )
         super().__init__(params, defaults, sync_loss=sync_loss, process_group=process_group)
 
-    def _gather(self, group: dict[str, Any], params, grads, exp_avgs) -> None:
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("Momo does not support sparse gradients")
-            state = self.state[p]
-            if not state:
-                # Without bias correction d_0 = g_1, so that d_1 = g_1 (as torch's SGD buffer).
-                state["exp_avg"] = (
-                    torch.zeros_like(p, memory_format=torch.preserve_format)
-                    if group["bias_correction"]
-                    else p.grad.detach().clone(memory_format=torch.preserve_format)
-                )
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-
     def _update(self, loss: Tensor) -> None:
         params, grads, exp_avgs = [], [], []
         for group in self.param_groups:
-            group_params: list[Tensor] = []
-            group_grads: list[Tensor] = []
-            group_avgs: list[Tensor] = []
-            self._gather(group, group_params, group_grads, group_avgs)
+            group_params, group_grads, (group_avgs,) = self._gather(group, ("exp_avg",))
             params.append(group_params)
             grads.append(group_grads)
             exp_avgs.append(group_avgs)
@@ -144,7 +128,7 @@ class Momo(MomoBase):
         state = self._global_state(first, loss)
         groups = self.param_groups
         lb_estimates = self._lb_estimates(loss)
-        taus, t1s = momo(
+        taus, t1s, new_lbs = momo(
             params,
             grads,
             exp_avgs,
@@ -161,7 +145,7 @@ class Momo(MomoBase):
             foreach=groups[0]["foreach"] is not False,
             compiled=groups[0]["compiled"],
         )
-        self._publish(taus, t1s, lb_estimates)
+        self._publish(taus, t1s, new_lbs)
 
 
 def momo(
@@ -181,11 +165,14 @@ def momo(
     bias_correction: bool,
     foreach: bool = True,
     compiled: bool = False,
-) -> tuple[list[Tensor], list[Tensor]]:
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
     """Functional MoMo step over param groups (lists of lists). Updates ``params``, ``exp_avgs``, ``step``,
-    ``loss_avg``, ``gamma`` and the ``lb_estimates`` in place; returns (tau, t1) per group."""
+    ``loss_avg``, ``gamma`` and the ``lb_estimates`` in place; returns per group tau, t1 and the new lower
+    bound estimate (None without MoMo*), as fresh tensors."""
     if compiled:
-        kernel = compile_kernel(_multi_tensor_momo)
+        kernel = compile_kernel(_fused_momo)
+        # tensors, not floats: one graph serves every lr (a scheduler changes it at every step)
+        lrs, weight_decays, lbs = (as_scalar_tensors(v, loss) for v in (lrs, weight_decays, lbs))
     else:
         kernel = _multi_tensor_momo if foreach else _single_tensor_momo
     return kernel(
@@ -220,55 +207,62 @@ def _single_tensor_momo(
     lbs: list[float],
     beta: float,
     bias_correction: bool,
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The reference: one parameter at a time, written like the equations of the class docstring."""
-    all_params = [p for group in params for p in group]
-    all_grads = [g for group in grads for g in group]
-    all_avgs = [d for group in exp_avgs for d in group]
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """The reference: one tensor at a time, written like the equations of the class docstring. A skipped
+    step computes everything and keeps nothing (``torch.where(ok, new, old)``)."""
     dtype = loss.dtype
+    zero = torch.zeros((), dtype=dtype, device=loss.device)
+    xs, gs = flat(params), flat(grads)
 
-    grad_dot_x = sum((torch.sum(g.to(dtype) * x.to(dtype)) for g, x in zip(all_grads, all_params)))
-    ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
-    k = step + ok.to(step.dtype)
+    grad_dot_x = sum((torch.sum(g.to(dtype) * x.to(dtype)) for g, x in zip(gs, xs)), zero)
+    ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)  # a NaN or inf in g makes <g, x> one too
+    k = step + 1  # the index of this step, if it is taken
     # Without bias correction the averages start at the first value: weight 1 on the first step.
-    first = k == 1
-    weight = torch.full_like(loss, 1.0 - beta)
-    if not bias_correction:
-        weight = torch.where(first, torch.ones_like(weight), weight)
-    loss_avg.copy_(torch.where(ok, (1 - weight) * loss_avg + weight * loss, loss_avg))
-    gamma.copy_(torch.where(ok, (1 - weight) * gamma + weight * grad_dot_x, gamma))
-    for d, g in zip(all_avgs, all_grads):
-        d.copy_(torch.where(ok, beta * d + (1 - beta) * g, d))
-    step.copy_(k)
-
-    d_dot_x = sum((torch.sum(d.to(dtype) * x.to(dtype)) for d, x in zip(all_avgs, all_params)))
-    d_sq_norm = sum(torch.sum(d.to(dtype) * d.to(dtype)) for d in all_avgs)
+    w = (
+        torch.full_like(k, 1 - beta)
+        if bias_correction
+        else torch.where(k == 1, 1.0, 1 - beta + zero)
+    )
+    new_loss_avg = (1 - w) * loss_avg + w * loss
+    new_gamma = (1 - w) * gamma + w * grad_dot_x
+    new_avgs = [[(1 - w) * d + w * g for d, g in zip(*group)] for group in zip(exp_avgs, grads)]
+    new_ds = flat(new_avgs)
+    d_dot_x = sum((torch.sum(d.to(dtype) * x.to(dtype)) for d, x in zip(new_ds, xs)), zero)
+    d_sq_norm = sum((torch.sum(d.to(dtype) * d.to(dtype)) for d in new_ds), zero)
     rho = 1 - beta**k if bias_correction else torch.ones_like(k)
 
-    taus, t1s = [], []
+    taus, t1s, new_lbs = [], [], []
     for group_params, group_avgs, lr, wd, lb_floor, lb in zip(
-        params, exp_avgs, lrs, weight_decays, lbs, lb_estimates
+        params, new_avgs, lrs, weight_decays, lbs, lb_estimates
     ):
         c = 1 + lr * wd
+        bound = lb_floor
         if lb is not None:  # MoMo*: reset the estimate when the model's value falls below it
-            cap = c * loss_avg + d_dot_x - c * gamma
-            new_lb = torch.where(
+            cap = c * new_loss_avg + d_dot_x - c * new_gamma
+            bound = torch.where(
                 cap < c * rho * lb, torch.clamp(cap / (2 * c * rho), min=lb_floor), lb
             )
-            lb.copy_(torch.where(ok, new_lb, lb))
-        bound = lb if lb is not None else lb_floor
-        numerator = torch.clamp(c * (loss_avg - rho * bound) + d_dot_x - c * gamma, min=0)
+        numerator = torch.clamp(c * (new_loss_avg - rho * bound) + d_dot_x - c * new_gamma, min=0)
         t1 = torch.where(d_sq_norm > 0, numerator / d_sq_norm, 0.0)
-        tau = torch.where(ok, torch.minimum(lr / rho, t1), 0.0)
+        tau = torch.minimum(lr / rho, t1)
         for x, d in zip(group_params, group_avgs):
             x.copy_(torch.where(ok, (x - tau * d) / c, x))
         if lb is not None:
-            model_value = loss_avg + d_dot_x - gamma
-            new_lb = torch.clamp((model_value - 0.5 * tau * d_sq_norm) / rho, min=lb_floor)
-            lb.copy_(torch.where(ok, new_lb, lb))
-        taus.append(tau)
-        t1s.append(t1)
-    return taus, t1s
+            model_value = new_loss_avg + d_dot_x - new_gamma
+            after = torch.clamp((model_value - 0.5 * tau * d_sq_norm) / rho, min=lb_floor)
+            new_lbs.append(torch.where(ok, after, lb))
+            lb.copy_(new_lbs[-1])
+        else:
+            new_lbs.append(None)
+        taus.append(torch.where(ok, tau, 0.0))
+        t1s.append(torch.where(ok, t1, 0.0))
+
+    for d, new_d in zip(flat(exp_avgs), new_ds):
+        d.copy_(torch.where(ok, new_d, d))
+    loss_avg.copy_(torch.where(ok, new_loss_avg, loss_avg))
+    gamma.copy_(torch.where(ok, new_gamma, gamma))
+    step.copy_(torch.where(ok, k, step))
+    return taus, t1s, new_lbs
 
 
 def _multi_tensor_momo(
@@ -286,47 +280,114 @@ def _multi_tensor_momo(
     lbs: list[float],
     beta: float,
     bias_correction: bool,
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The fast path: torch._foreach_* kernels, every scalar a 0-dim tensor (no host synchronisation)."""
-    all_params = [p for group in params for p in group]
-    all_grads = [g for group in grads for g in group]
-    all_avgs = [d for group in exp_avgs for d in group]
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """Eager multi-tensor kernels, every scalar a 0-dim tensor (no host synchronisation). Eager PyTorch
+    cannot fuse a reduction with an update, so the reductions run where they cost fewest passes: <g, x>
+    before the averages, <d, x> and ||d||^2 after them."""
     dtype = loss.dtype
+    xs, gs, ds = flat(params), flat(grads), flat(exp_avgs)
 
-    grad_dot_x = global_dot(all_grads, all_params, dtype)
+    grad_dot_x = global_dot(gs, xs, loss)
     ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
-    k = step + ok.to(step.dtype)
-    weight = 1.0 - beta if bias_correction else select(k == 1, 1.0, 1.0 - beta, dtype)
-    loss_avg.copy_(torch.where(ok, torch.lerp(loss_avg, loss, weight), loss_avg))
-    gamma.copy_(torch.where(ok, torch.lerp(gamma, grad_dot_x, weight), gamma))
-    step.copy_(k)
-    ema_(all_avgs, all_grads, ok, beta)  # a skipped step leaves d as it is
-    d_dot_x = global_dot(all_avgs, all_params, dtype)
-    d_sq_norm = global_sq_norm(all_avgs, dtype)
+    k = step + 1
+    w = first_step_weight(k, beta, bias_correction)
+    # a skipped step averages the old values with themselves: lerp(a, a, w) = a
+    loss_avg.lerp_(torch.where(ok, loss, loss_avg), w)
+    gamma.lerp_(torch.where(ok, grad_dot_x, gamma), w)
+    step.add_(ok)
+    # A skipped step leaves d as it is: weight 0, and its gradients zeroed (0 * NaN would be NaN).
+    zero_unless_(ok, gs)
+    torch._foreach_lerp_(ds, gs, scalars_like(torch.where(ok, w, 0.0), ds))
+    d_dot_x = global_dot(ds, xs, loss)
+    d_sq_norm = global_sq_norm(ds, loss)
     rho = 1 - torch.pow(beta, k) if bias_correction else torch.ones_like(k)
 
-    taus, t1s = [], []
-    for group_params, group_avgs, lr, wd, lb_floor, lb in zip(
-        params, exp_avgs, lrs, weight_decays, lbs, lb_estimates
+    taus, t1s, new_lbs = group_steps(
+        ok,
+        loss_avg,
+        d_dot_x,
+        gamma,
+        d_sq_norm,
+        rho,
+        lb_estimates=lb_estimates,
+        lrs=lrs,
+        weight_decays=weight_decays,
+        lbs=lbs,
+    )
+    for group_params, group_avgs, lr, wd, tau in zip(params, exp_avgs, lrs, weight_decays, taus):
+        if not group_params:
+            continue
+        c = 1 + lr * wd  # known on the host: no decay pass without weight decay
+        if c != 1:  # proximal weight decay, x = (x - tau d) / c; x is kept on a skipped step
+            torch._foreach_mul_(group_params, select(ok, 1 / c, 1.0, dtype))
+        torch._foreach_addcmul_(group_params, group_avgs, scalars_like(-tau / c, group_params))
+    return taus, t1s, new_lbs
+
+
+def _fused_momo(
+    params: list[list[Tensor]],
+    grads: list[list[Tensor]],
+    exp_avgs: list[list[Tensor]],
+    *,
+    loss: Tensor,
+    step: Tensor,
+    loss_avg: Tensor,
+    gamma: Tensor,
+    lb_estimates: list[Tensor | None],
+    lrs: list[Tensor],
+    weight_decays: list[Tensor],
+    lbs: list[Tensor],
+    beta: float,
+    bias_correction: bool,
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """The kernel that ``compiled=True`` runs under torch.compile: two passes over each tensor, which
+    inductor fuses into one loop each. Pass 1 reads g, d and x, computes d' = (1 - w) d + w g on the fly
+    without writing it, and yields the three reductions <g, x>, <d', x> and ||d'||^2; pass 2 writes d'
+    and x. Arithmetic runs in the scalars' precision. lrs, weight decays and bounds come as 0-dim
+    tensors, so that one graph serves every value."""
+    dtype = loss.dtype
+    xs, gs, ds = flat(params), flat(grads), flat(exp_avgs)
+    k = step + 1  # the index of this step, if it is taken
+    w = first_step_weight(k, beta, bias_correction)
+
+    def averaged(d: Tensor, g: Tensor) -> Tensor:
+        return (1 - w) * d.to(dtype) + w * g.to(dtype)
+
+    reductions = torch.zeros(3, dtype=dtype, device=loss.device)
+    for x, g, d in zip(xs, gs, ds):
+        new_d, x_ = averaged(d, g), x.to(dtype)
+        # One stack per tensor: inductor then computes its three sums in one loop (summed one by one
+        # over the list, each sum would get a loop of its own: three reads of the tensor).
+        sums = torch.stack([(g.to(dtype) * x_).sum(), (new_d * x_).sum(), (new_d * new_d).sum()])
+        reductions = reductions + sums
+    grad_dot_x, d_dot_x, d_sq_norm = reductions.unbind()
+
+    ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
+    new_loss_avg = (1 - w) * loss_avg + w * loss
+    new_gamma = (1 - w) * gamma + w * grad_dot_x
+    rho = 1 - torch.pow(beta, k) if bias_correction else torch.ones_like(k)
+    taus, t1s, new_lbs = group_steps(
+        ok,
+        new_loss_avg,
+        d_dot_x,
+        new_gamma,
+        d_sq_norm,
+        rho,
+        lb_estimates=lb_estimates,
+        lrs=lrs,
+        weight_decays=weight_decays,
+        lbs=lbs,
+    )
+    # Pass 2 walks the tensors backwards: the last ones read by pass 1 are the likeliest still cached.
+    for group_params, group_grads, group_avgs, lr, wd, tau in reversed(
+        list(zip(params, grads, exp_avgs, lrs, weight_decays, taus))
     ):
-        c = 1 + lr * wd
-        if lb is not None:
-            lb.copy_(torch.where(ok, lb_reset(lb, loss_avg, d_dot_x, gamma, rho, c, lb_floor), lb))
-        t1, tau = step_size(
-            loss_avg, d_dot_x, gamma, d_sq_norm, rho, lb if lb is not None else lb_floor, lr, c
-        )
-        tau = torch.where(ok, tau, 0.0)
-        if group_params:
-            if c != 1:
-                # Proximal weight decay (x - tau d) / c, with c = 1 + lr*wd known on the host.
-                torch._foreach_mul_(group_params, select(ok, 1.0 / c, 1.0, group_params[0].dtype))
-                scale = -tau / c
-            else:
-                scale = -tau
-            add_scaled_(group_params, group_avgs, scale)
-        if lb is not None:
-            new_lb = lb_after_step(loss_avg, d_dot_x, gamma, d_sq_norm, tau, rho, lb_floor)
-            lb.copy_(torch.where(ok, new_lb, lb))
-        taus.append(tau)
-        t1s.append(t1)
-    return taus, t1s
+        decay = 1 / (1 + lr * wd)  # a product per element is cheaper than a division
+        for x, g, d in reversed(list(zip(group_params, group_grads, group_avgs))):
+            new_d = averaged(d, g)
+            x.copy_(torch.where(ok, (x - tau * new_d) * decay, x))
+            d.copy_(torch.where(ok, new_d, d))
+    loss_avg.copy_(torch.where(ok, new_loss_avg, loss_avg))
+    gamma.copy_(torch.where(ok, new_gamma, gamma))
+    step.copy_(torch.where(ok, k, step))
+    return taus, t1s, new_lbs

@@ -10,14 +10,14 @@ from torch import Tensor
 
 from momo._base import MomoBase, check_beta, check_finite, check_non_negative
 from momo._kernels import (
-    add_scaled_,
+    as_scalar_tensors,
     compile_kernel,
-    finite_grads,
+    flat,
     global_dot,
-    lb_after_step,
-    lb_reset,
+    group_steps,
+    scalars_like,
     select,
-    step_size,
+    zero_unless_,
 )
 
 __all__ = ["MomoAdam", "momo_adam"]
@@ -52,9 +52,10 @@ class MomoAdam(MomoBase):
     D-weighted norm; the estimate is ``state["momo"]["lb_estimate.<group index>"]``, shown as
     ``group["lb_estimate"]``.
 
-    A non-finite loss or gradient skips the step (parameters and averages keep their values; the eager
-    path zeroes the gradients). Under ``torch.distributed`` the loss is averaged over ``process_group``
-    (``sync_loss=True``).
+    A non-finite loss or gradient skips the step, the first one included (parameters, averages and the
+    step counter keep their values, tau and t1 are 0; the foreach path zeroes the gradients). Under
+    ``torch.distributed`` the loss is averaged over ``process_group`` (``sync_loss=True``; a copy uses
+    the default group). Complex parameters step as their real views (``torch.view_as_real``).
 
     Args:
         params: parameters or param groups.
@@ -65,8 +66,10 @@ class MomoAdam(MomoBase):
         lb: lower bound of the loss (default 0); MoMo-Adam*'s initial value and floor.
         divide: proximal weight decay (True) or AdamW's decoupled decay (False).
         use_fstar: MoMo-Adam*, the online lower-bound estimate (default False).
-        foreach: multi-tensor kernels (default: True). False selects the single-tensor reference.
-        compiled: run the whole update as one ``torch.compile(fullgraph=True)`` function (default False).
+        foreach: multi-tensor kernels (default None: on, like True). False selects the single-tensor
+            reference.
+        compiled: run the update as one ``torch.compile(fullgraph=True)`` graph of two fused passes
+            (default False); lr, weight decay and lb enter it as tensors, so a schedule does not recompile.
         sync_loss: average the loss over data-parallel ranks (default True).
         process_group: the group for ``sync_loss`` (default: the world).
     """
@@ -108,35 +111,23 @@ class MomoAdam(MomoBase):
         )
         super().__init__(params, defaults, sync_loss=sync_loss, process_group=process_group)
 
-    def _gather(self, group: dict[str, Any], params, grads, exp_avgs, exp_avg_sqs) -> None:
-        for p in group["params"]:
-            if p.grad is None:
-                continue
-            if p.grad.is_sparse:
-                raise RuntimeError("MomoAdam does not support sparse gradients")
-            state = self.state[p]
-            if not state:
-                state["exp_avg"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
-            params.append(p)
-            grads.append(p.grad)
-            exp_avgs.append(state["exp_avg"])
-            exp_avg_sqs.append(state["exp_avg_sq"])
-
     def _update(self, loss: Tensor) -> None:
         params, grads, exp_avgs, exp_avg_sqs = [], [], [], []
         for group in self.param_groups:
-            lists: tuple[list[Tensor], ...] = ([], [], [], [])
-            self._gather(group, *lists)
-            for collected, new in zip((params, grads, exp_avgs, exp_avg_sqs), lists):
-                collected.append(new)
+            group_params, group_grads, (group_avgs, group_sqs) = self._gather(
+                group, ("exp_avg", "exp_avg_sq")
+            )
+            params.append(group_params)
+            grads.append(group_grads)
+            exp_avgs.append(group_avgs)
+            exp_avg_sqs.append(group_sqs)
         if not any(params):
             return
         first = next(g for g in params if g)[0]
         state = self._global_state(first, loss)
         groups = self.param_groups
         lb_estimates = self._lb_estimates(loss)
-        taus, t1s = momo_adam(
+        taus, t1s, new_lbs = momo_adam(
             params,
             grads,
             exp_avgs,
@@ -155,7 +146,7 @@ class MomoAdam(MomoBase):
             foreach=groups[0]["foreach"] is not False,
             compiled=groups[0]["compiled"],
         )
-        self._publish(taus, t1s, lb_estimates)
+        self._publish(taus, t1s, new_lbs)
 
 
 def momo_adam(
@@ -177,11 +168,14 @@ def momo_adam(
     betas: tuple[float, float],
     foreach: bool = True,
     compiled: bool = False,
-) -> tuple[list[Tensor], list[Tensor]]:
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
     """Functional MoMo-Adam step over param groups (lists of lists). Updates the tensors in place;
-    returns (tau, t1) per group."""
+    returns per group tau, t1 and the new lower-bound estimate (None without MoMo-Adam*), as fresh
+    tensors."""
     if compiled:
-        kernel = compile_kernel(_multi_tensor_momo_adam)
+        kernel = compile_kernel(_fused_momo_adam)
+        # tensors, not floats: one graph serves every lr (a scheduler changes it at every step)
+        lrs, weight_decays, lbs = (as_scalar_tensors(v, loss) for v in (lrs, weight_decays, lbs))
     else:
         kernel = _multi_tensor_momo_adam if foreach else _single_tensor_momo_adam
     return kernel(
@@ -220,59 +214,69 @@ def _single_tensor_momo_adam(
     epss: list[float],
     divides: list[bool],
     betas: tuple[float, float],
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The reference: one parameter at a time, written like the equations of the class docstring."""
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """The reference: one tensor at a time, written like the equations of the class docstring. A skipped
+    step computes everything and keeps nothing (``torch.where(ok, new, old)``)."""
     beta1, beta2 = betas
     dtype = loss.dtype
-    flat = [
-        (x, g, d, v, eps)
-        for group in zip(params, grads, exp_avgs, exp_avg_sqs, epss)
-        for x, g, d, v, eps in zip(*group[:4], [group[4]] * len(group[0]))
+    zero = torch.zeros((), dtype=dtype, device=loss.device)
+    xs, gs = flat(params), flat(grads)
+
+    grad_dot_x = sum((torch.sum(g.to(dtype) * x.to(dtype)) for g, x in zip(gs, xs)), zero)
+    ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)  # a NaN or inf in g makes <g, x> one too
+    k = step + 1  # the index of this step, if it is taken
+    new_loss_avg = beta1 * loss_avg + (1 - beta1) * loss
+    new_gamma = beta1 * gamma + (1 - beta1) * grad_dot_x
+    new_avgs = [
+        [beta1 * d + (1 - beta1) * g for d, g in zip(*pair)] for pair in zip(exp_avgs, grads)
     ]
-
-    grad_dot_x = sum(torch.sum(g.to(dtype) * x.to(dtype)) for x, g, _, _, _ in flat)
-    ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
-    k = step + ok.to(step.dtype)
-    loss_avg.copy_(torch.where(ok, beta1 * loss_avg + (1 - beta1) * loss, loss_avg))
-    gamma.copy_(torch.where(ok, beta1 * gamma + (1 - beta1) * grad_dot_x, gamma))
-    for _, g, d, v, _ in flat:
-        d.copy_(torch.where(ok, beta1 * d + (1 - beta1) * g, d))
-        v.copy_(torch.where(ok, beta2 * v + (1 - beta2) * g * g, v))
-    step.copy_(k)
-
-    precond = {id(d): torch.sqrt(v / (1 - beta2**k)) + eps for _, _, d, v, eps in flat}
-    d_dot_x = sum(torch.sum(d.to(dtype) * x.to(dtype)) for x, _, d, _, _ in flat)
-    d_sq_norm = sum(torch.sum((d * d / precond[id(d)]).to(dtype)) for _, _, d, _, _ in flat)
+    new_sqs = [
+        [beta2 * v + (1 - beta2) * g * g for v, g in zip(*pair)] for pair in zip(exp_avg_sqs, grads)
+    ]
+    precond = [
+        [torch.sqrt(v / (1 - beta2**k)) + eps for v in group] for group, eps in zip(new_sqs, epss)
+    ]
+    new_ds = flat(new_avgs)
+    d_dot_x = sum((torch.sum(d.to(dtype) * x.to(dtype)) for d, x in zip(new_ds, xs)), zero)
+    d_sq_norm = sum((torch.sum((d * d / D).to(dtype)) for d, D in zip(new_ds, flat(precond))), zero)
     rho = 1 - beta1**k
 
-    taus, t1s = [], []
-    for group_params, group_avgs, lr, wd, lb_floor, divide, lb in zip(
-        params, exp_avgs, lrs, weight_decays, lbs, divides, lb_estimates
+    taus, t1s, new_lbs = [], [], []
+    for group_params, group_avgs, group_precond, lr, wd, lb_floor, divide, lb in zip(
+        params, new_avgs, precond, lrs, weight_decays, lbs, divides, lb_estimates
     ):
         c = 1 + lr * wd
-        if lb is not None:
-            cap = c * loss_avg + d_dot_x - c * gamma
-            new_lb = torch.where(
+        bound = lb_floor
+        if lb is not None:  # MoMo-Adam*: reset the estimate when the model's value falls below it
+            cap = c * new_loss_avg + d_dot_x - c * new_gamma
+            bound = torch.where(
                 cap < c * rho * lb, torch.clamp(cap / (2 * c * rho), min=lb_floor), lb
             )
-            lb.copy_(torch.where(ok, new_lb, lb))
-        bound = lb if lb is not None else lb_floor
-        numerator = torch.clamp(c * (loss_avg - rho * bound) + d_dot_x - c * gamma, min=0)
+        numerator = torch.clamp(c * (new_loss_avg - rho * bound) + d_dot_x - c * new_gamma, min=0)
         t1 = torch.where(d_sq_norm > 0, numerator / d_sq_norm, 0.0)
-        tau = torch.where(ok, torch.minimum(lr / rho, t1), 0.0)
-        for x, d in zip(group_params, group_avgs):
+        tau = torch.minimum(lr / rho, t1)
+        for x, d, D in zip(group_params, group_avgs, group_precond):
             if divide:
-                new_x = (x - tau * d / precond[id(d)]) / c
+                new_x = (x - tau * d / D) / c
             else:
-                new_x = x * (1 - lr * wd) - tau * d / precond[id(d)]
+                new_x = x * (1 - lr * wd) - tau * d / D
             x.copy_(torch.where(ok, new_x, x))
         if lb is not None:
-            model_value = loss_avg + d_dot_x - gamma
-            new_lb = torch.clamp((model_value - 0.5 * tau * d_sq_norm) / rho, min=lb_floor)
-            lb.copy_(torch.where(ok, new_lb, lb))
-        taus.append(tau)
-        t1s.append(t1)
-    return taus, t1s
+            model_value = new_loss_avg + d_dot_x - new_gamma
+            after = torch.clamp((model_value - 0.5 * tau * d_sq_norm) / rho, min=lb_floor)
+            new_lbs.append(torch.where(ok, after, lb))
+            lb.copy_(new_lbs[-1])
+        else:
+            new_lbs.append(None)
+        taus.append(torch.where(ok, tau, 0.0))
+        t1s.append(torch.where(ok, t1, 0.0))
+
+    for old, new in zip(flat(exp_avgs) + flat(exp_avg_sqs), new_ds + flat(new_sqs)):
+        old.copy_(torch.where(ok, new, old))
+    loss_avg.copy_(torch.where(ok, new_loss_avg, loss_avg))
+    gamma.copy_(torch.where(ok, new_gamma, gamma))
+    step.copy_(torch.where(ok, k, step))
+    return taus, t1s, new_lbs
 
 
 def _multi_tensor_momo_adam(
@@ -292,63 +296,140 @@ def _multi_tensor_momo_adam(
     epss: list[float],
     divides: list[bool],
     betas: tuple[float, float],
-) -> tuple[list[Tensor], list[Tensor]]:
-    """The fast path: torch._foreach_* kernels, every scalar a 0-dim tensor (no host synchronisation)."""
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """Eager multi-tensor kernels, every scalar a 0-dim tensor (no host synchronisation): Adam's passes
+    (as torch's foreach Adam), <g, x> before them, <d, x> and ||d||^2_{D^-1} after."""
     beta1, beta2 = betas
     dtype = loss.dtype
-    all_params = [p for group in params for p in group]
-    all_grads = [g for group in grads for g in group]
-    all_avgs = [d for group in exp_avgs for d in group]
-    all_sqs = [v for group in exp_avg_sqs for v in group]
+    xs, gs, ds, vs = flat(params), flat(grads), flat(exp_avgs), flat(exp_avg_sqs)
 
-    grad_dot_x = global_dot(all_grads, all_params, dtype)
+    grad_dot_x = global_dot(gs, xs, loss)
     ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
-    k = step + ok.to(step.dtype)
-    loss_avg.copy_(torch.where(ok, torch.lerp(loss_avg, loss, 1 - beta1), loss_avg))
-    gamma.copy_(torch.where(ok, torch.lerp(gamma, grad_dot_x, 1 - beta1), gamma))
-    step.copy_(k)
-    # On a skipped step the averages keep their values: weight 0, decay 1 and a zero gradient.
-    all_grads = finite_grads(ok, all_grads)  # NaN and inf gradients become 0 too
-    torch._foreach_mul_(all_avgs, select(ok, beta1, 1.0, all_avgs[0].dtype))
-    torch._foreach_add_(all_avgs, all_grads, alpha=1.0 - beta1)
-    torch._foreach_mul_(all_sqs, select(ok, beta2, 1.0, all_sqs[0].dtype))
-    torch._foreach_addcmul_(all_sqs, all_grads, all_grads, value=1 - beta2)
+    k = step + 1
+    # a skipped step averages the old values with themselves: lerp(a, a, w) = a
+    loss_avg.lerp_(torch.where(ok, loss, loss_avg), 1 - beta1)
+    gamma.lerp_(torch.where(ok, grad_dot_x, gamma), 1 - beta1)
+    step.add_(ok)
+    # A skipped step leaves d and v as they are: weight 0, decay 1, and its gradients zeroed.
+    zero_unless_(ok, gs)
+    torch._foreach_lerp_(ds, gs, scalars_like(select(ok, 1 - beta1, 0.0, dtype), ds))
+    torch._foreach_mul_(vs, select(ok, beta2, 1.0, dtype))
+    torch._foreach_addcmul_(vs, gs, gs, value=1 - beta2)
 
-    # D = sqrt(v / (1 - beta2^k)) + eps, then u = d / D, the preconditioned direction.
-    precond = torch._foreach_sqrt(all_sqs)
-    torch._foreach_div_(precond, torch.sqrt(1 - torch.pow(beta2, k)).to(precond[0].dtype))
-    start = 0
-    for group_params, eps in zip(params, epss):
-        torch._foreach_add_(precond[start : start + len(group_params)], eps)
-        start += len(group_params)
-    directions = torch._foreach_div(all_avgs, precond)
-    d_dot_x = global_dot(all_avgs, all_params, dtype)
-    d_sq_norm = global_dot(all_avgs, directions, dtype)
+    # u = d / D with D = sqrt(v / (1 - beta2^k)) + eps, as u = s d / (sqrt(v) + s eps) with
+    # s = sqrt(1 - beta2^k): one pass fewer than dividing sqrt(v) by s. ``directions`` holds u / s.
+    s = torch.sqrt(1 - torch.pow(beta2, k))
+    directions: list[list[Tensor]] = []
+    for group_avgs, group_sqs, eps in zip(exp_avgs, exp_avg_sqs, epss):
+        if not group_avgs:
+            directions.append([])
+            continue
+        denominators = torch._foreach_sqrt(group_sqs)
+        torch._foreach_add_(denominators, scalars_like(s * eps, denominators))
+        directions.append(torch._foreach_div(group_avgs, denominators))
+    d_dot_x = global_dot(ds, xs, loss)
+    d_sq_norm = s * global_dot(ds, flat(directions), loss)
     rho = 1 - torch.pow(beta1, k)
 
-    taus, t1s = [], []
-    start = 0
-    for group_params, lr, wd, lb_floor, divide, lb in zip(
-        params, lrs, weight_decays, lbs, divides, lb_estimates
+    taus, t1s, new_lbs = group_steps(
+        ok,
+        loss_avg,
+        d_dot_x,
+        gamma,
+        d_sq_norm,
+        rho,
+        lb_estimates=lb_estimates,
+        lrs=lrs,
+        weight_decays=weight_decays,
+        lbs=lbs,
+    )
+    for group_params, group_directions, lr, wd, divide, tau in zip(
+        params, directions, lrs, weight_decays, divides, taus
     ):
-        group_directions = directions[start : start + len(group_params)]
-        start += len(group_params)
-        c = 1 + lr * wd
-        if lb is not None:
-            lb.copy_(torch.where(ok, lb_reset(lb, loss_avg, d_dot_x, gamma, rho, c, lb_floor), lb))
-        t1, tau = step_size(
-            loss_avg, d_dot_x, gamma, d_sq_norm, rho, lb if lb is not None else lb_floor, lr, c
-        )
-        tau = torch.where(ok, tau, 0.0)
-        if group_params:
-            decay = 1.0 / c if divide else 1.0 - lr * wd
-            scale = -tau / c if divide else -tau
-            if decay != 1.0:
-                torch._foreach_mul_(group_params, select(ok, decay, 1.0, group_params[0].dtype))
-            add_scaled_(group_params, group_directions, scale)
-        if lb is not None:
-            new_lb = lb_after_step(loss_avg, d_dot_x, gamma, d_sq_norm, tau, rho, lb_floor)
-            lb.copy_(torch.where(ok, new_lb, lb))
-        taus.append(tau)
-        t1s.append(t1)
-    return taus, t1s
+        if not group_params:
+            continue
+        c = 1 + lr * wd  # known on the host: no decay pass without weight decay
+        decay, scale = (1 / c, -tau * s / c) if divide else (1 - lr * wd, -tau * s)
+        if decay != 1:  # x is kept on a skipped step (tau is 0 there)
+            torch._foreach_mul_(group_params, select(ok, decay, 1.0, dtype))
+        torch._foreach_addcmul_(group_params, group_directions, scalars_like(scale, group_params))
+    return taus, t1s, new_lbs
+
+
+def _fused_momo_adam(
+    params: list[list[Tensor]],
+    grads: list[list[Tensor]],
+    exp_avgs: list[list[Tensor]],
+    exp_avg_sqs: list[list[Tensor]],
+    *,
+    loss: Tensor,
+    step: Tensor,
+    loss_avg: Tensor,
+    gamma: Tensor,
+    lb_estimates: list[Tensor | None],
+    lrs: list[Tensor],
+    weight_decays: list[Tensor],
+    lbs: list[Tensor],
+    epss: list[float],
+    divides: list[bool],
+    betas: tuple[float, float],
+) -> tuple[list[Tensor], list[Tensor], list[Tensor | None]]:
+    """The kernel that ``compiled=True`` runs under torch.compile: two passes over each tensor, which
+    inductor fuses into one loop each. Pass 1 reads g, d, v and x, computes d', v' and D' on the fly
+    without writing them, and yields <g, x>, <d', x> and ||d'||^2_{D'^-1}; pass 2 writes d', v' and x.
+    Arithmetic runs in the scalars' precision. lrs, weight decays and bounds come as 0-dim tensors, so
+    that one graph serves every value."""
+    beta1, beta2 = betas
+    dtype = loss.dtype
+    k = step + 1  # the index of this step, if it is taken
+    bias2 = 1 - torch.pow(beta2, k)
+
+    def averaged(d: Tensor, v: Tensor, g: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor]:
+        d, v, g = d.to(dtype), v.to(dtype), g.to(dtype)
+        new_d = beta1 * d + (1 - beta1) * g
+        new_v = beta2 * v + (1 - beta2) * g * g
+        return new_d, new_v, torch.sqrt(new_v / bias2) + eps
+
+    reductions = torch.zeros(3, dtype=dtype, device=loss.device)
+    for group in zip(params, grads, exp_avgs, exp_avg_sqs, epss):
+        for x, g, d, v in zip(*group[:4]):
+            new_d, _, D = averaged(d, v, g, group[4])
+            x_ = x.to(dtype)
+            # one stack per tensor: inductor then computes its three sums in one loop
+            sums = torch.stack(
+                [(g.to(dtype) * x_).sum(), (new_d * x_).sum(), (new_d * new_d / D).sum()]
+            )
+            reductions = reductions + sums
+    grad_dot_x, d_dot_x, d_sq_norm = reductions.unbind()
+
+    ok = torch.isfinite(loss) & torch.isfinite(grad_dot_x)
+    new_loss_avg = beta1 * loss_avg + (1 - beta1) * loss
+    new_gamma = beta1 * gamma + (1 - beta1) * grad_dot_x
+    rho = 1 - torch.pow(beta1, k)
+    taus, t1s, new_lbs = group_steps(
+        ok,
+        new_loss_avg,
+        d_dot_x,
+        new_gamma,
+        d_sq_norm,
+        rho,
+        lb_estimates=lb_estimates,
+        lrs=lrs,
+        weight_decays=weight_decays,
+        lbs=lbs,
+    )
+    # Pass 2 walks the tensors backwards: the last ones read by pass 1 are the likeliest still cached.
+    groups = zip(params, grads, exp_avgs, exp_avg_sqs, epss, lrs, weight_decays, divides, taus)
+    for group in reversed(list(groups)):
+        eps, lr, wd, divide, tau = group[4:]
+        decay = 1 / (1 + lr * wd) if divide else 1 - lr * wd
+        for x, g, d, v in reversed(list(zip(*group[:4]))):
+            new_d, new_v, D = averaged(d, v, g, eps)
+            new_x = (x - tau * new_d / D) * decay if divide else x * decay - tau * new_d / D
+            x.copy_(torch.where(ok, new_x, x))
+            d.copy_(torch.where(ok, new_d, d))
+            v.copy_(torch.where(ok, new_v, v))
+    loss_avg.copy_(torch.where(ok, new_loss_avg, loss_avg))
+    gamma.copy_(torch.where(ok, new_gamma, gamma))
+    step.copy_(torch.where(ok, k, step))
+    return taus, t1s, new_lbs

@@ -4,7 +4,7 @@
     python scripts/prepare_criteo.py --input <dir>/train.txt --output data/criteo --hash-size 100000
 
 The output directory gets {train,val}_{dense,sparse,labels}.npy and meta.json; the last of the 7
-days is the validation split (format: experiments/criteo.py). The data itself (Criteo's "Display
+days is the validation split (format: experiments/data/criteo.py). The data itself (Criteo's "Display
 Advertising Challenge" set, dac.tar.gz) is downloaded by hand: it needs accepting Criteo's terms.
 """
 
@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from experiments.criteo import DAYS, prepare_criteo
+from experiments.data.criteo import DAYS, prepare_criteo
 
 
 def main() -> None:

@@ -8,4 +8,4 @@
 #   scripts/prepare_iwslt14.sh --data-dir data --download         # fetches the original WIT3 archive
 set -euo pipefail
 cd "$(dirname "$0")/.."
-exec "${PYTHON:-.venv/bin/python}" -m experiments.iwslt14 prepare "$@"
+exec "${PYTHON:-.venv/bin/python}" -m experiments.workloads.iwslt14.data "$@"

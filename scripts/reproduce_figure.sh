@@ -2,9 +2,11 @@
 # `make reproduce-figure [FIG=<experiment>] [LAUNCHER=parallel|local|slurm] [ARGS="<overrides>"]`
 #
 # With no arguments: the paper's MNIST protocol on real Fashion-MNIST (fashion_mnist_mlp: MoMo,
-# MoMo-Adam, SGD-M and Adam over the paper's MNIST lr grids, 3 seeds, 10 epochs) on local parallel
-# workers, then the aggregated tables (results/) and the figures (plots/). Resumable: rerun it after an
-# interruption and only the missing runs train. FIG=<id> LAUNCHER=slurm does the same for any sweep of
+# MoMo-Adam, SGD-M and Adam over the paper's MNIST lr grids, 3 seeds, 10 epochs; MoMo* for the extras
+# figure) on local parallel workers, then the aggregated tables (results/), the figures of
+# configs/figure/$FIG.yaml and the HTML report (plots/$FIG/). ARGS reach the sweep and the aggregate,
+# which takes exactly the runs of the sweep run with them. Resumable: rerun it after an interruption
+# and only the missing runs train. FIG=<id> LAUNCHER=slurm does the same for any sweep of
 # configs/sweep/ on a SLURM cluster (obtain that experiment's data first: see its task's error message).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,8 +44,9 @@ obtain_fashion_mnist() {
 
 start=$(date +%s)
 say "sweep $FIG on launcher $LAUNCHER ($(nproc) cores)"
-"$PY" -m experiments.sweep "$FIG" --launcher "$LAUNCHER" "${EXTRA[@]}"
-"$PY" -m experiments.sweep "$FIG" --status "${EXTRA[@]}"
-"$PY" -m experiments.aggregate "$FIG" --results-dir "$RESULTS"
-"$PY" -m experiments.plot "$FIG" fig1 --results-dir "$RESULTS" --plots-dir "${PLOTS:-plots}"
-say "done in $(( $(date +%s) - start )) s: $RESULTS/$FIG.csv, ${PLOTS:-plots}/$FIG/"
+"$PY" -m experiments.runner.sweep "$FIG" --launcher "$LAUNCHER" "${EXTRA[@]}"
+"$PY" -m experiments.runner.sweep "$FIG" --status "${EXTRA[@]}"
+"$PY" -m experiments.analysis.aggregate "$FIG" --results-dir "$RESULTS" "${EXTRA[@]}"
+"$PY" -m experiments.analysis.plot "$FIG" fig1 --results-dir "$RESULTS" --plots-dir "${PLOTS:-plots}"
+"$PY" -m experiments.analysis.report "$FIG" --results-dir "$RESULTS" --plots-dir "${PLOTS:-plots}"
+say "done in $(( $(date +%s) - start )) s: $RESULTS/${FIG}_summary.csv, ${PLOTS:-plots}/$FIG/ (report.html)"

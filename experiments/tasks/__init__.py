@@ -1,10 +1,9 @@
 """Tasks: data + model + loss + metric of each experiment (docs/design.md §2).
 
-The task classes live in `experiments.tasks.classification` and `experiments.tasks.least_squares`; configs
-name them by their full path. This package exports only the contract, so that `experiments.data` can raise
-`DatasetNotFoundError` without importing the tasks that use it.
+The task classes live in the modules of this package (`classification`, `least_squares`, `diffusion`,
+`imagenet_vit`, `criteo_dlrm`); configs name them by their full path. This package exports the contract.
 """
 
-from experiments.tasks.base import PAPER_MODEL_SEED, DatasetNotFoundError, Task
+from experiments.tasks.base import PAPER_MODEL_SEED, Task
 
-__all__ = ["PAPER_MODEL_SEED", "DatasetNotFoundError", "Task"]
+__all__ = ["PAPER_MODEL_SEED", "Task"]

@@ -1,25 +1,33 @@
-"""The contract between a task and the training loop (docs/design.md §2).
+"""The contract between a task and the runner (docs/design.md §2).
 
-A task owns its data, model, loss and metric and knows nothing of optimizers: the loop asks it for a model,
-for one epoch of batches, for the loss of a batch and for an evaluation of a split.
+A task owns its data, model, loss and metric and knows nothing of optimizers or of the training loop. The
+runner asks it for a model, for one epoch of training batches, for the loss of a batch and for the
+evaluation batches of a split; the runner caps the number of batches (smoke profiles), switches the model
+between train and eval mode, turns gradients off for evaluation, and adds up the per-batch sums that the
+task returns (experiments.runner.loop).
+
+Tasks are keyword-only dataclasses: their fields are their config (configs/task/<name>.yaml), plus the two
+that the runner passes (`data_dir`, `synthetic`: where the data come from). The device and the
+data-parallel context are passed to `setup`, the run's randomness as a generator to `train_batches`; a
+task never reads global state.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable, Iterator
+import math
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
+from experiments.runner.distributed import DistContext
+
 # the fixed model-initialisation seed of the paper's runner (step-back `Base.seed`)
 PAPER_MODEL_SEED = 1234567
-
-
-def capped(full: int, limit: int | None) -> int:
-    """`full` batches, or at most `limit` of them (the smoke profile's max_train_batches)."""
-    return full if limit is None else min(full, limit)
+SPLITS = ("train", "val")
 
 
 def seeded_model(factory: Callable[[], torch.nn.Module], seed: int) -> torch.nn.Module:
@@ -30,36 +38,59 @@ def seeded_model(factory: Callable[[], torch.nn.Module], seed: int) -> torch.nn.
         return factory()
 
 
-class DatasetNotFoundError(FileNotFoundError):
-    """A dataset is not on disk; the message names it, every path looked at and how to get it."""
-
-    def __init__(self, dataset: str, paths: list[str], how_to_get: str) -> None:
-        self.dataset = dataset
-        self.paths = list(paths)
-        self.how_to_get = how_to_get
-        looked = "\n".join(f"  {p}" for p in self.paths)
-        super().__init__(
-            f"Dataset {dataset!r} not found. Looked at:\n{looked}\nTo get it: {how_to_get}"
-        )
+def epoch_batches(n: int, batch_size: int, drop_last: bool) -> int:
+    """How many batches of `batch_size` an epoch over `n` samples has."""
+    return n // batch_size if drop_last else math.ceil(n / batch_size)
 
 
+def check_split(split: str) -> str:
+    if split not in SPLITS:
+        raise ValueError(f"Unknown split: {split!r}; use 'train' or 'val'")
+    return split
+
+
+@dataclass(kw_only=True)
 class Task(abc.ABC):
     """Data + model + loss + metric of one experiment.
 
-    The loop calls, in order: `setup(device)` once, `build_model()` once, then per epoch
-    `train_batches(generator)` with `loss(model, batch)` per batch, and `evaluate(model, split)` for
-    "train" and "val".
+    The runner calls, in order: `setup(device, dist)` once, `build_model()` once, then per epoch
+    `train_batches(generator)` (at most `max_train_batches` of them) with `loss(model, batch)` per batch,
+    and an evaluation of "train" and "val".
+
+    Evaluation, by default, is a sum over batches: for each of at most `max_eval_batches` batches of
+    `eval_batches(split)`, `eval_sums(model, batch)` returns 0-dim tensor sums (the summed loss, the
+    number correct, ...) and "count", the number they are averaged over; the runner adds them up over the
+    batches and the ranks and divides by the count. `eval_sums` is a pure function of the model and the
+    batch (no host sync, no `.item()`), so that it can run on several models at once (torch.func.vmap).
+    A task whose metric is not an average over examples (an AUC) sets `eval_by_sums = False` and
+    implements `evaluate(model, batches)` over the whole (capped) split instead.
     """
 
-    score_name: str = "acc"
-    higher_is_better: bool = True
+    score_name: ClassVar[str] = "acc"  # what "score" means for this task: acc, auc, bleu, mse ...
+    higher_is_better: ClassVar[bool] = True
     # True when train_batches already yields this rank's share of each batch under torchrun (a task
     # that decodes images in DataLoader workers reads only its own); the loop then does not split it.
-    shards_batches: bool = False
+    shards_batches: ClassVar[bool] = False
+    eval_by_sums: ClassVar[bool] = True
+
+    data_dir: Path = Path("data")  # from the runner: where datasets are looked for
+    synthetic: bool = False  # from the runner: stand-in data of the dataset's shapes, nothing read
+    model_seed: int = PAPER_MODEL_SEED  # every run starts from the model this seed initialises
+    _device: torch.device = field(default=torch.device("cpu"), init=False, repr=False)  # setup's
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).expanduser()
+
+    def check_positive(self, *fields: str) -> None:
+        """Raise ValueError naming the first of `fields` (sizes, counts) that is below 1."""
+        for name in fields:
+            if getattr(self, name) < 1:
+                raise ValueError(f"Invalid {name}: {getattr(self, name)} (must be >= 1)")
 
     @abc.abstractmethod
-    def setup(self, device: torch.device) -> None:
-        """Load the data onto `device`; may raise DatasetNotFoundError."""
+    def setup(self, device: torch.device, dist: DistContext | None = None) -> None:
+        """Load the data onto `device`; may raise experiments.data.DatasetNotFoundError. `dist` says
+        which rank of how many this process is (one of one without torchrun)."""
 
     @property
     @abc.abstractmethod
@@ -71,6 +102,10 @@ class Task(abc.ABC):
         """The model on the task's device, initialised from the task's fixed `model_seed`."""
 
     @abc.abstractmethod
+    def batches_per_epoch(self) -> int:
+        """How many batches `train_batches` yields (a whole epoch; the runner may stop earlier)."""
+
+    @abc.abstractmethod
     def train_batches(self, generator: torch.Generator) -> Iterator[Any]:
         """One epoch of training batches, shuffled with `generator`, incomplete last batch dropped."""
 
@@ -79,13 +114,19 @@ class Task(abc.ABC):
         """The mean loss of one batch (0-dim tensor)."""
 
     @abc.abstractmethod
-    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
-        """{"loss": mean loss, "score": metric} over `split` ("train" or "val"), eval mode, no grad."""
+    def eval_batches(self, split: str) -> Iterator[Any]:
+        """The evaluation batches of `split` ("train" or "val") in a fixed order; this rank's share."""
 
-    @abc.abstractmethod
-    def batches_per_epoch(self) -> int:
-        """How many batches `train_batches` yields."""
+    def eval_sums(self, model: torch.nn.Module, batch: Any) -> dict[str, torch.Tensor]:
+        """0-dim sums over one evaluation batch: "loss", "score", any extra metric, and "count"."""
+        raise NotImplementedError(
+            f"{type(self).__name__} evaluates whole splits (eval_by_sums=False)"
+        )
+
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Any]) -> dict[str, float]:
+        """{"loss", "score", extras} over `batches` (of eval_batches): for eval_by_sums = False."""
+        raise NotImplementedError(f"{type(self).__name__} evaluates by sums (eval_by_sums=True)")
 
     def on_train_end(self, model: torch.nn.Module, run_dir: Path) -> None:  # noqa: B027
         """Artefacts of a completed run (a grid of samples, say), written into `run_dir` before the
-        record is published. Most tasks have none."""
+        record is published; `model` is in eval mode. Most tasks have none."""

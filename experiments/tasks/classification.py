@@ -1,16 +1,15 @@
-"""Image classification with cross-entropy: the MNIST, CIFAR and Imagenet32 experiments of SPEC.md §4."""
+"""Image classification with cross-entropy: the MNIST, CIFAR and Imagenet32 experiments (docs/experiments.md)."""
 
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 
-from experiments.data import (
+from experiments.data.images import (
     DATASETS,
     ImageData,
     load_image_dataset,
@@ -18,13 +17,15 @@ from experiments.data import (
     random_crop_flip,
     synthetic_image_dataset,
 )
-from experiments.tasks.base import PAPER_MODEL_SEED, Task, capped, seeded_model
+from experiments.runner.distributed import DistContext
+from experiments.tasks.base import Task, check_split, epoch_batches, seeded_model
 
 log = logging.getLogger(__name__)
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
 
+@dataclass(kw_only=True)
 class ImageClassification(Task):
     """Top-1 classification of an in-memory image dataset; loss = mean cross-entropy, score = accuracy.
 
@@ -40,66 +41,40 @@ class ImageClassification(Task):
     Images stay uint8 on the device and are normalised per batch with `mean` and `std` (per channel).
     `synthetic=True` replaces the data by a deterministic stand-in of the same shapes
     (`max(synthetic_n_train, 2 * batch_size)` training and `synthetic_n_val` validation samples).
-    `max_train_batches` / `max_eval_batches` cap the batches per epoch / per evaluation (smoke runs).
     """
 
     score_name = "acc"
     higher_is_better = True
 
-    def __init__(
-        self,
-        *,
-        dataset: str,
-        model: Callable[[], torch.nn.Module],
-        batch_size: int,
-        mean: Sequence[float],
-        std: Sequence[float],
-        augment: bool = False,
-        crop_padding: int = 4,
-        augment_train_eval: bool = False,
-        model_seed: int = PAPER_MODEL_SEED,
-        drop_last: bool = True,
-        eval_batch_size: int = 1024,
-        data_dir: str | Path = "data",
-        download: bool = False,
-        synthetic: bool = False,
-        synthetic_n_train: int = 256,
-        synthetic_n_val: int = 128,
-        max_train_batches: int | None = None,
-        max_eval_batches: int | None = None,
-    ) -> None:
-        if dataset not in DATASETS:
-            raise ValueError(f"Unknown dataset: {dataset!r}; known: {sorted(DATASETS)}")
-        channels = DATASETS[dataset].image_shape[0]
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(
-                f"{dataset} has {channels} channels: mean {mean} and std {std} must match"
-            )
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value < 1:
-                raise ValueError(f"Invalid {key}: {value}")
-        self.dataset = dataset
-        self.model = model
-        self.batch_size = batch_size
-        self.mean = tuple(float(m) for m in mean)
-        self.std = tuple(float(s) for s in std)
-        self.augment = augment
-        self.crop_padding = crop_padding
-        self.augment_train_eval = augment_train_eval
-        self.model_seed = model_seed
-        self.drop_last = drop_last
-        self.eval_batch_size = eval_batch_size
-        self.data_dir = Path(data_dir)
-        self.download = download
-        self.synthetic = synthetic
-        self.synthetic_n_train = synthetic_n_train
-        self.synthetic_n_val = synthetic_n_val
-        self.max_train_batches = max_train_batches
-        self.max_eval_batches = max_eval_batches
-        self._data: ImageData | None = None
-        self._device = torch.device("cpu")
+    dataset: str
+    model: Callable[[], torch.nn.Module]
+    batch_size: int
+    mean: Sequence[float]
+    std: Sequence[float]
+    augment: bool = False
+    crop_padding: int = 4
+    augment_train_eval: bool = False
+    drop_last: bool = True
+    eval_batch_size: int = 1024
+    download: bool = False
+    synthetic_n_train: int = 256
+    synthetic_n_val: int = 128
+    _data: ImageData | None = field(default=None, init=False, repr=False)
 
-    def setup(self, device: torch.device) -> None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.dataset not in DATASETS:
+            raise ValueError(f"Unknown dataset: {self.dataset!r}; known: {sorted(DATASETS)}")
+        channels = DATASETS[self.dataset].image_shape[0]
+        if len(self.mean) != channels or len(self.std) != channels:
+            raise ValueError(
+                f"{self.dataset} has {channels} channels: mean {self.mean} and std {self.std} must match"
+            )
+        self.check_positive("batch_size", "eval_batch_size")
+        self.mean = tuple(float(m) for m in self.mean)
+        self.std = tuple(float(s) for s in self.std)
+
+    def setup(self, device: torch.device, dist: DistContext | None = None) -> None:
         self._device = torch.device(device)
         if self.synthetic:
             n_train = max(self.synthetic_n_train, 2 * self.batch_size)
@@ -129,11 +104,7 @@ class ImageClassification(Task):
         return seeded_model(self.model, self.model_seed).to(self._device)
 
     def batches_per_epoch(self) -> int:
-        n_train, _ = self._sizes()
-        full = (
-            n_train // self.batch_size if self.drop_last else math.ceil(n_train / self.batch_size)
-        )
-        return capped(full, self.max_train_batches)
+        return epoch_batches(self._sizes()[0], self.batch_size, self.drop_last)
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         data = self._loaded()
@@ -151,37 +122,34 @@ class ImageClassification(Task):
         images, labels = batch
         return F.cross_entropy(model(images), labels)
 
-    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
+    def eval_batches(self, split: str) -> Iterator[Batch]:
         data = self._loaded()
-        if split == "train":
+        if check_split(split) == "train":
             images, labels = data.train_images, data.train_labels
-        elif split == "val":
-            images, labels = data.val_images, data.val_labels
         else:
-            raise ValueError(f"Unknown split: {split!r}; use 'train' or 'val'")
+            images, labels = data.val_images, data.val_labels
         augment = split == "train" and self.augment_train_eval
+        # a fixed generator: the augmented evaluation is the same at every epoch
         generator = torch.Generator().manual_seed(self.model_seed) if augment else None
+        return self._eval_batches(images, labels, generator)
 
-        was_training = model.training
-        model.eval()
-        loss_sum = torch.zeros((), device=self._device)
-        correct = torch.zeros((), device=self._device, dtype=torch.long)
-        count = 0
-        with torch.no_grad():
-            for i, start in enumerate(range(0, labels.shape[0], self.eval_batch_size)):
-                if self.max_eval_batches is not None and i >= self.max_eval_batches:
-                    break
-                x = images[start : start + self.eval_batch_size]
-                y = labels[start : start + self.eval_batch_size]
-                if generator is not None:
-                    x = random_crop_flip(x, generator, self.crop_padding)
-                logits = model(normalize(x, self._mean, self._std)).float()
-                loss_sum += F.cross_entropy(logits, y, reduction="sum")
-                correct += (logits.argmax(dim=1) == y).sum()
-                count += y.shape[0]
-        model.train(was_training)
-        # one host sync per evaluation, not per batch
-        return {"loss": (loss_sum / count).item(), "score": (correct / count).item()}
+    def _eval_batches(
+        self, images: torch.Tensor, labels: torch.Tensor, generator: torch.Generator | None
+    ) -> Iterator[Batch]:
+        for start in range(0, labels.shape[0], self.eval_batch_size):
+            x = images[start : start + self.eval_batch_size]
+            if generator is not None:
+                x = random_crop_flip(x, generator, self.crop_padding)
+            yield normalize(x, self._mean, self._std), labels[start : start + self.eval_batch_size]
+
+    def eval_sums(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        images, labels = batch
+        logits = model(images).float()
+        return {
+            "loss": F.cross_entropy(logits, labels, reduction="sum"),
+            "score": (logits.argmax(dim=1) == labels).sum(),
+            "count": torch.full((), labels.shape[0], device=labels.device),
+        }
 
     def _loaded(self) -> ImageData:
         if self._data is None:

@@ -1,9 +1,11 @@
-"""Click-through prediction on Criteo Kaggle with torchrec's DLRM (SPEC.md §4, `criteo_dlrm`).
+"""Click-through prediction on Criteo Kaggle with torchrec's DLRM (the criteo_dlrm experiment,
+docs/experiments.md).
 
-Loss: mean binary cross-entropy of the logits; score: AUC (torchmetrics); `evaluate` also reports
-the accuracy at threshold 0.5 as the extra key "acc" (recorded as `val/acc`). The data is the output
+Loss: mean binary cross-entropy of the logits; score: AUC (torchmetrics), which is not an average over
+examples, so the task evaluates whole splits (`eval_by_sums = False`); `evaluate` also reports the
+accuracy at threshold 0.5 as the extra key "acc" (recorded as `val/acc`). The data is the output
 of `scripts/prepare_criteo.py`, read from memory-mapped arrays by batched indexing
-(`experiments.criteo`).
+(`experiments.data.criteo`).
 
 torchrec is an optional dependency (its CPU and GPU builds differ, see scripts/install_torchrec.sh):
 this module imports without it, and `setup` says how to install it.
@@ -12,21 +14,17 @@ this module imports without it, and `setup` says how to install it.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments import criteo
-from experiments.tasks.base import (
-    PAPER_MODEL_SEED,
-    DatasetNotFoundError,
-    Task,
-    capped,
-    seeded_model,
-)
+from experiments.data import DatasetNotFoundError, criteo
+from experiments.runner.distributed import DistContext
+from experiments.tasks.base import Task, check_split, seeded_model
 
 try:
     from torchmetrics.classification import BinaryAccuracy, BinaryAUROC
@@ -56,6 +54,7 @@ def require_torchrec() -> None:
         ) from _TORCHREC_IMPORT_ERROR
 
 
+@dataclass(kw_only=True)
 class CriteoDLRM(Task):
     """DLRM (bottom MLP, 26 embedding bags, pairwise dot interaction, top MLP) on Criteo's features.
 
@@ -63,60 +62,46 @@ class CriteoDLRM(Task):
       order only.
     - `dense_arch_layer_sizes` end in `embedding_dim` (DLRM projects the dense features into the
       embedding space); `over_arch_layer_sizes` end in 1 (one click logit).
-    - The table sizes come from the prepared data's meta.json, or are `synthetic_table_size` with
-      `synthetic=True` (stand-in labels from a planted logistic model, so the AUC can rise).
-    - `max_train_batches` / `max_eval_batches` cap the batches per epoch / per evaluation (smoke).
+    - The data are read from `data_dir/criteo/` (scripts/prepare_criteo.py); the table sizes come from
+      its meta.json, or are `synthetic_table_size` with `synthetic=True` (stand-in labels from a
+      planted logistic model, so the AUC can rise).
     """
 
     score_name = "auc"
     higher_is_better = True
+    eval_by_sums = False
 
-    def __init__(
-        self,
-        *,
-        batch_size: int = 128,
-        eval_batch_size: int = 16384,
-        embedding_dim: int = 16,
-        dense_arch_layer_sizes: Sequence[int] = (512, 256, 64, 16),
-        over_arch_layer_sizes: Sequence[int] = (512, 256, 1),
-        model_seed: int = PAPER_MODEL_SEED,
-        data_dir: str | Path = "data",
-        synthetic: bool = False,
-        synthetic_n_train: int = 4096,
-        synthetic_n_val: int = 1024,
-        synthetic_table_size: int = 100,
-        max_train_batches: int | None = None,
-        max_eval_batches: int | None = None,
-    ) -> None:
-        for key, value in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-            if value < 1:
-                raise ValueError(f"Invalid {key}: {value}")
-        if dense_arch_layer_sizes[-1] != embedding_dim:
+    batch_size: int = 128
+    eval_batch_size: int = 16384
+    embedding_dim: int = 16
+    dense_arch_layer_sizes: Sequence[int] = (512, 256, 64, 16)
+    over_arch_layer_sizes: Sequence[int] = (512, 256, 1)
+    synthetic_n_train: int = 4096
+    synthetic_n_val: int = 1024
+    synthetic_table_size: int = 100
+    _splits: dict[str, criteo.CriteoArrays] = field(default_factory=dict, init=False, repr=False)
+    _table_sizes: list[int] = field(default_factory=list, init=False, repr=False)
+    _source: str = field(default="", init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_positive("batch_size", "eval_batch_size")
+        self.dense_arch_layer_sizes = list(self.dense_arch_layer_sizes)
+        self.over_arch_layer_sizes = list(self.over_arch_layer_sizes)
+        if self.dense_arch_layer_sizes[-1] != self.embedding_dim:
             raise ValueError(
-                f"dense_arch_layer_sizes must end in embedding_dim ({embedding_dim}): "
-                f"{list(dense_arch_layer_sizes)}"
+                f"dense_arch_layer_sizes must end in embedding_dim ({self.embedding_dim}): "
+                f"{self.dense_arch_layer_sizes}"
             )
-        if over_arch_layer_sizes[-1] != 1:
-            raise ValueError(f"over_arch_layer_sizes must end in 1: {list(over_arch_layer_sizes)}")
-        self.batch_size = batch_size
-        self.eval_batch_size = eval_batch_size
-        self.embedding_dim = embedding_dim
-        self.dense_arch_layer_sizes = list(dense_arch_layer_sizes)
-        self.over_arch_layer_sizes = list(over_arch_layer_sizes)
-        self.model_seed = model_seed
-        self.data_dir = Path(data_dir) / "criteo"
-        self.synthetic = synthetic
-        self.synthetic_n_train = synthetic_n_train
-        self.synthetic_n_val = synthetic_n_val
-        self.synthetic_table_size = synthetic_table_size
-        self.max_train_batches = max_train_batches
-        self.max_eval_batches = max_eval_batches
-        self._splits: dict[str, criteo.CriteoArrays] = {}
-        self._table_sizes: list[int] = []
-        self._source = ""
-        self._device = torch.device("cpu")
+        if self.over_arch_layer_sizes[-1] != 1:
+            raise ValueError(f"over_arch_layer_sizes must end in 1: {self.over_arch_layer_sizes}")
 
-    def setup(self, device: torch.device) -> None:
+    @property
+    def criteo_dir(self) -> Path:
+        """Where scripts/prepare_criteo.py wrote the arrays."""
+        return self.data_dir / "criteo"
+
+    def setup(self, device: torch.device, dist: DistContext | None = None) -> None:
         require_torchrec()
         self._device = torch.device(device)
         if self.synthetic:
@@ -129,18 +114,18 @@ class CriteoDLRM(Task):
         else:
             meta = self._find_prepared_data()
             self._splits = {
-                split: criteo.load_split(self.data_dir, split) for split in criteo.SPLITS
+                split: criteo.load_split(self.criteo_dir, split) for split in criteo.SPLITS
             }
             self._table_sizes = list(meta["table_sizes"])
-            self._source = str(self.data_dir)
+            self._source = str(self.criteo_dir)
         n_train, n_val = (len(self._splits[s]) for s in criteo.SPLITS)
         log.info("criteo: %d train / %d val rows from %s", n_train, n_val, self._source)
 
     def _find_prepared_data(self) -> dict:
-        expected = [self.data_dir / criteo.META_FILE] + [
+        expected = [self.criteo_dir / criteo.META_FILE] + [
             path
             for split in criteo.SPLITS
-            for path in criteo.split_paths(self.data_dir, split).values()
+            for path in criteo.split_paths(self.criteo_dir, split).values()
         ]
         if not all(path.is_file() for path in expected):
             raise DatasetNotFoundError(
@@ -148,9 +133,9 @@ class CriteoDLRM(Task):
                 [str(path) for path in expected],
                 "download the Criteo Kaggle display-advertising data (train.txt, ~11 GB), then run "
                 "`python scripts/prepare_criteo.py --input <dir>/train.txt "
-                f"--output {self.data_dir}`",
+                f"--output {self.criteo_dir}`",
             )
-        return criteo.load_meta(self.data_dir)
+        return criteo.load_meta(self.criteo_dir)
 
     @property
     def data_info(self) -> dict:
@@ -190,8 +175,7 @@ class CriteoDLRM(Task):
         return model.to(self._device)
 
     def batches_per_epoch(self) -> int:
-        full = len(self._loaded("train")) // self.batch_size
-        return capped(full, self.max_train_batches)
+        return len(self._loaded("train")) // self.batch_size
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         data = self._loaded("train")
@@ -205,32 +189,28 @@ class CriteoDLRM(Task):
     def loss(self, model: torch.nn.Module, batch: Batch) -> torch.Tensor:
         return F.binary_cross_entropy_with_logits(_logits(model, batch), batch.labels.float())
 
-    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
-        if split not in criteo.SPLITS:
-            raise ValueError(f"Unknown split: {split!r}; use 'train' or 'val'")
-        data = self._loaded(split)
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        data = self._loaded(check_split(split))
+        size = self.eval_batch_size
+        return (
+            self._batch(data, np.arange(start, min(start + size, len(data))))
+            for start in range(0, len(data), size)
+        )
+
+    def evaluate(self, model: torch.nn.Module, batches: Iterable[Batch]) -> dict[str, float]:
         auroc = BinaryAUROC().to(self._device)
         accuracy = BinaryAccuracy().to(self._device)
         loss_sum = torch.zeros((), device=self._device)
         count = 0
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            for i, start in enumerate(range(0, len(data), self.eval_batch_size)):
-                if self.max_eval_batches is not None and i >= self.max_eval_batches:
-                    break
-                batch = self._batch(
-                    data, np.arange(start, min(start + self.eval_batch_size, len(data)))
-                )
-                logits = _logits(model, batch).float()
-                loss_sum += F.binary_cross_entropy_with_logits(
-                    logits, batch.labels.float(), reduction="sum"
-                )
-                probabilities = torch.sigmoid(logits)
-                auroc.update(probabilities, batch.labels)
-                accuracy.update(probabilities, batch.labels)
-                count += len(batch.labels)
-        model.train(was_training)
+        for batch in batches:
+            logits = _logits(model, batch).float()
+            loss_sum += F.binary_cross_entropy_with_logits(
+                logits, batch.labels.float(), reduction="sum"
+            )
+            probabilities = torch.sigmoid(logits)
+            auroc.update(probabilities, batch.labels)
+            accuracy.update(probabilities, batch.labels)
+            count += len(batch.labels)
         return {
             "loss": (loss_sum / count).item(),
             "score": auroc.compute().item(),

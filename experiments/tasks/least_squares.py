@@ -1,16 +1,16 @@
-"""Linear least squares with a known optimum: the synthetic_ls experiment of SPEC.md §4."""
+"""Linear least squares with a known optimum: the synthetic_ls experiment (docs/experiments.md)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
-from pathlib import Path
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from experiments.tasks.base import PAPER_MODEL_SEED, Task, capped, seeded_model
+from experiments.runner.distributed import DistContext
+from experiments.tasks.base import Task, check_split, epoch_batches, seeded_model
 
 Batch = tuple[torch.Tensor, torch.Tensor]
 
@@ -35,6 +35,7 @@ def make_least_squares(
     return a.astype(np.float32), b.astype(np.float32)
 
 
+@dataclass(kw_only=True)
 class LeastSquares(Task):
     """min_w 1/n sum_i (a_i^T w - b_i)^2 over a generated problem (mean squared error, no 1/2).
 
@@ -50,43 +51,24 @@ class LeastSquares(Task):
     score_name = "mse"
     higher_is_better = False
 
-    def __init__(
-        self,
-        *,
-        model: Callable[[], torch.nn.Module],
-        n_samples: int = 200,
-        n_features: int = 10,
-        noise: float = 0.0,
-        batch_size: int = 20,
-        data_seed: int = 1234567,
-        val_seed: int = 456789,
-        oracle_seed: int = 12345678,
-        model_seed: int = PAPER_MODEL_SEED,
-        drop_last: bool = True,
-        data_dir: str | Path | None = None,
-        synthetic: bool = False,
-        max_train_batches: int | None = None,
-        max_eval_batches: int | None = None,
-    ) -> None:
-        if batch_size < 1:
-            raise ValueError(f"Invalid batch_size: {batch_size}")
-        self.model = model
-        self.n_samples = n_samples
-        self.n_features = n_features
-        self.noise = noise
-        self.batch_size = batch_size
-        self.data_seed = data_seed
-        self.val_seed = val_seed
-        self.oracle_seed = oracle_seed
-        self.model_seed = model_seed
-        self.drop_last = drop_last
-        self.synthetic = synthetic
-        self.max_train_batches = max_train_batches
-        self._device = torch.device("cpu")
-        self._splits: dict[str, Batch] = {}
-        self.optimal_value = 0.0
+    model: Callable[[], torch.nn.Module]
+    n_samples: int = 200
+    n_features: int = 10
+    noise: float = 0.0
+    batch_size: int = 20
+    eval_batch_size: int = 1024
+    data_seed: int = 1234567
+    val_seed: int = 456789
+    oracle_seed: int = 12345678
+    drop_last: bool = True
+    optimal_value: float = field(default=0.0, init=False)
+    _splits: dict[str, Batch] = field(default_factory=dict, init=False, repr=False)
 
-    def setup(self, device: torch.device) -> None:
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.check_positive("batch_size", "eval_batch_size")
+
+    def setup(self, device: torch.device, dist: DistContext | None = None) -> None:
         self._device = torch.device(device)
         for split, seed in (("train", self.data_seed), ("val", self.val_seed)):
             a, b = make_least_squares(
@@ -112,12 +94,7 @@ class LeastSquares(Task):
         return seeded_model(self.model, self.model_seed).to(self._device)
 
     def batches_per_epoch(self) -> int:
-        full = (
-            self.n_samples // self.batch_size
-            if self.drop_last
-            else math.ceil(self.n_samples / self.batch_size)
-        )
-        return capped(full, self.max_train_batches)
+        return epoch_batches(self.n_samples, self.batch_size, self.drop_last)
 
     def train_batches(self, generator: torch.Generator) -> Iterator[Batch]:
         a, b = self._loaded()["train"]
@@ -131,16 +108,16 @@ class LeastSquares(Task):
         a, b = batch
         return F.mse_loss(model(a).flatten(), b)
 
-    def evaluate(self, model: torch.nn.Module, split: str) -> dict[str, float]:
-        splits = self._loaded()
-        if split not in splits:
-            raise ValueError(f"Unknown split: {split!r}; use 'train' or 'val'")
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            mse = self.loss(model, splits[split]).item()
-        model.train(was_training)
-        return {"loss": mse, "score": mse}
+    def eval_batches(self, split: str) -> Iterator[Batch]:
+        a, b = self._loaded()[check_split(split)]
+        size = self.eval_batch_size
+        return ((a[i : i + size], b[i : i + size]) for i in range(0, self.n_samples, size))
+
+    def eval_sums(self, model: torch.nn.Module, batch: Batch) -> dict[str, torch.Tensor]:
+        a, b = batch
+        squared_error = F.mse_loss(model(a).flatten(), b, reduction="sum")
+        count = torch.full((), b.shape[0], device=b.device)
+        return {"loss": squared_error, "score": squared_error, "count": count}
 
     def _loaded(self) -> dict[str, Batch]:
         if not self._splits:

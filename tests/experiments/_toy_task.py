@@ -7,6 +7,7 @@ forgets either RNG state shows up as a metric difference.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -14,36 +15,22 @@ from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from torch import nn
 
-from experiments import records
+from experiments.runner import loop
+from experiments.runner.distributed import DistContext
 from experiments.tasks.base import Task
 
 
+@dataclass(kw_only=True)
 class ToyTask(Task):
-    def __init__(
-        self,
-        *,
-        batch_size: int = 16,
-        n_train: int = 128,
-        n_val: int = 64,
-        dropout: float = 0.2,
-        fail_at_step: int | None = None,
-        nan_at_step: int | None = None,
-        data_dir: str | None = None,
-        synthetic: bool = False,
-        max_train_batches: int | None = None,
-        max_eval_batches: int | None = None,
-    ) -> None:
-        self.batch_size, self.n_train, self.n_val, self.dropout = (
-            batch_size,
-            n_train,
-            n_val,
-            dropout,
-        )
-        self.fail_at_step, self.nan_at_step = fail_at_step, nan_at_step
-        self.synthetic, self.max_train_batches = synthetic, max_train_batches
-        self.steps = 0
+    batch_size: int = 16
+    n_train: int = 128
+    n_val: int = 64
+    dropout: float = 0.2
+    fail_at_step: int | None = None
+    nan_at_step: int | None = None
+    steps: int = field(default=0, init=False)
 
-    def setup(self, device: torch.device) -> None:
+    def setup(self, device: torch.device, dist: DistContext | None = None) -> None:
         g = torch.Generator().manual_seed(0)
         w = torch.randn(10, 3, generator=g)
         x = torch.randn(self.n_train + self.n_val, 10, generator=g)
@@ -65,8 +52,7 @@ class ToyTask(Task):
         )
 
     def batches_per_epoch(self) -> int:
-        n = self.n_train // self.batch_size
-        return min(n, self.max_train_batches) if self.max_train_batches else n
+        return self.n_train // self.batch_size
 
     def train_batches(
         self, generator: torch.Generator
@@ -84,13 +70,18 @@ class ToyTask(Task):
         loss = nn.functional.cross_entropy(model(x), y)
         return loss * float("nan") if self.steps == self.nan_at_step else loss
 
-    @torch.no_grad()
-    def evaluate(self, model: nn.Module, split: str) -> dict[str, float]:
-        model.eval()
+    def eval_batches(self, split: str) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         x, y = (self.x_train, self.y_train) if split == "train" else (self.x_val, self.y_val)
+        return iter([(x[: len(x) // 2], y[: len(x) // 2]), (x[len(x) // 2 :], y[len(x) // 2 :])])
+
+    def eval_sums(self, model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict:
+        x, y = batch
         logits = model(x)
-        loss = nn.functional.cross_entropy(logits, y).item()
-        return {"loss": loss, "score": (logits.argmax(dim=1) == y).float().mean().item()}
+        return {
+            "loss": nn.functional.cross_entropy(logits, y, reduction="sum"),
+            "score": (logits.argmax(dim=1) == y).sum(),
+            "count": torch.full((), len(y)),
+        }
 
 
 CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
@@ -112,8 +103,8 @@ def toy_config(results_dir: Path, *overrides: str, **task: object) -> DictConfig
     return cfg
 
 
-def toy_runner(cfg: DictConfig) -> None:
-    """Stands for a workload with its own trainer (docs/design.md §5): it writes the run record."""
-    info = {"status": "completed", "run_id": records.run_id(cfg), "runner": "toy"}
-    paths = records.RunPaths.for_config(cfg)
-    records.write_record(paths, config=cfg, metrics=[], trace=[], info=info)
+def evaluate(task: Task, model: nn.Module, split: str, max_batches: int | None = None) -> dict:
+    """A task's metrics on `split` as the runner computes them: eval mode, no gradients, the loop's sums."""
+    model.eval()
+    with torch.no_grad():
+        return loop.evaluate_split(task, model, split, max_batches)

@@ -20,18 +20,13 @@ TASK_CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs" / "task"
 def make_task(tmp_path: Path) -> Callable[..., object]:
     """make_task(name, **overrides): the task of configs/task/<name>.yaml, built like the runner builds it.
 
-    Defaults: synthetic stand-in data, an empty data directory, no batch limits; `overrides` replace any
-    config field (e.g. batch_size=8).
+    Defaults: synthetic stand-in data and an empty data directory; `overrides` replace any config field
+    (e.g. batch_size=8).
     """
 
     def make(name: str, **overrides: object) -> object:
         cfg = OmegaConf.load(TASK_CONFIG_DIR / f"{name}.yaml")
-        kwargs = {
-            "data_dir": str(tmp_path / "data"),
-            "synthetic": True,
-            "max_train_batches": None,
-            "max_eval_batches": None,
-        }
+        kwargs = {"data_dir": str(tmp_path / "data"), "synthetic": True}
         kwargs.update(overrides)
         return instantiate(cfg, **kwargs)
 

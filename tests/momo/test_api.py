@@ -191,3 +191,118 @@ def test_non_finite_loss_skips_the_step(cls, bad, bad_grad):
     for a, b in zip(clean, skipped):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
     assert torch.equal(clean_opt.state["momo"]["step"], skipped_opt.state["momo"]["step"])
+
+
+FIRST_STEP_CASES = [
+    (Momo, {}),
+    (Momo, {"bias_correction": True}),
+    (MomoAdam, {}),
+]
+
+
+def first_step_run(cls, options, foreach, bad: str | None):
+    """Four steps on hand-set gradients; the first batch is bad (`bad`) or absent (None)."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = cls([w], lr=0.5, foreach=foreach, **options)
+    if bad is not None:
+        w.grad = torch.tensor([math.nan if bad == "nan_grad" else math.inf, 1.0, 1.0])
+        opt.step(loss=math.nan if bad == "nan_loss" else 1.0)
+        assert torch.equal(w.detach(), torch.ones(3))
+        assert opt.param_groups[0]["step_size"] == 0
+    for k in range(3):
+        w.grad = torch.tensor([1.0, -2.0, 0.5]) * (k + 1)
+        opt.step(loss=1.0 + k)
+    return w.detach(), opt.state[w], opt.state["momo"]
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
+@pytest.mark.parametrize("bad", ["nan_grad", "inf_grad", "nan_loss"])
+@pytest.mark.parametrize(
+    ("cls", "options"), FIRST_STEP_CASES, ids=[f"{c.__name__}-{o}" for c, o in FIRST_STEP_CASES]
+)
+def test_non_finite_first_step_is_skipped_like_any_other(cls, options, bad, foreach):
+    """A bad first batch must not seed the averages (d_0 was a clone of the NaN gradient)."""
+    clean = first_step_run(cls, options, foreach, bad=None)
+    skipped = first_step_run(cls, options, foreach, bad=bad)
+    torch.testing.assert_close(skipped[0], clean[0], rtol=0, atol=0)
+    for key in clean[1]:
+        torch.testing.assert_close(skipped[1][key], clean[1][key], rtol=0, atol=0)
+    for key in clean[2]:
+        torch.testing.assert_close(skipped[2][key], clean[2][key], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cls", BOTH)
+def test_closure_returning_none_raises_the_missing_loss_error_naming_it(cls):
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = cls([w])
+
+    def forgets_to_return_the_loss():
+        w.grad = torch.ones(3)
+
+    with pytest.raises(ValueError, match="needs the loss") as error:
+        opt.step(forgets_to_return_the_loss)
+    assert "forgets_to_return_the_loss returned None" in str(error.value)
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
+@pytest.mark.parametrize("cls", BOTH)
+def test_published_lb_estimate_keeps_its_value_after_later_steps(cls, foreach):
+    """A logger that keeps the tensors and reads them later (no sync per step) reads what was published."""
+    w = torch.nn.Parameter(torch.ones(3))
+    opt = cls([w], lr=1.0, lb=-1.0, use_fstar=True, foreach=foreach)
+    published = []
+    for k in range(4):
+        w.grad = torch.full((3,), 1.0 + k)
+        opt.step(loss=1.0 + 2 * k)
+        group = opt.param_groups[0]
+        published.append({key: group[key] for key in ("step_size", "adaptive_step", "lb_estimate")})
+        at_the_time = {key: value.item() for key, value in published[-1].items()}
+        assert published[-1]["lb_estimate"].item() == opt.state["momo"]["lb_estimate.0"].item()
+        published[-1]["values"] = at_the_time
+    for entry in published:
+        assert {key: entry[key].item() for key in entry["values"]} == entry["values"]
+    assert len({entry["values"]["lb_estimate"] for entry in published}) > 1  # it did move
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
+@pytest.mark.parametrize("cls", BOTH)
+def test_param_group_without_gradients_is_skipped(cls, foreach):
+    """A frozen head or a group added for later: none of its params has a gradient."""
+    X, Y = regression_data()
+    frozen = torch.nn.Linear(2, 2).double()
+    before = [p.detach().clone() for p in frozen.parameters()]
+    with_frozen, alone = mlp(), mlp()
+    opts = [
+        cls(
+            [{"params": with_frozen.parameters()}, {"params": frozen.parameters()}], foreach=foreach
+        ),
+        cls(alone.parameters(), foreach=foreach),
+    ]
+    for _ in range(3):
+        for model, opt in zip((with_frozen, alone), opts):
+            opt.zero_grad()
+            opt.step(loss=one_backward(model, X, Y))
+    for p, b in zip(frozen.parameters(), before):
+        assert torch.equal(p.detach(), b)
+    for a, b in zip(with_frozen.parameters(), alone.parameters()):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("foreach", [True, False], ids=["foreach", "forloop"])
+@pytest.mark.parametrize("cls", BOTH)
+def test_complex_parameter_steps_as_its_real_view(cls, foreach):
+    """As torch.optim: a complex number is two real coordinates (torch.view_as_real)."""
+    g = torch.Generator().manual_seed(0)
+    complex_param = torch.nn.Parameter(torch.randn(5, 3, dtype=torch.complex64, generator=g))
+    real_param = torch.nn.Parameter(torch.view_as_real(complex_param).detach().clone())
+    opts = [
+        cls([p], lr=0.5, foreach=foreach, weight_decay=0.1) for p in (complex_param, real_param)
+    ]
+    for _ in range(4):
+        complex_param.grad = torch.randn(5, 3, dtype=torch.complex64, generator=g)
+        real_param.grad = torch.view_as_real(complex_param.grad).clone()
+        loss = 1 + torch.rand((), generator=g)
+        for opt in opts:
+            opt.step(loss=loss)
+        assert opts[0].param_groups[0]["step_size"] > 0
+        torch.testing.assert_close(torch.view_as_real(complex_param), real_param, rtol=0, atol=0)

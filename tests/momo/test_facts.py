@@ -1,4 +1,4 @@
-"""The facts of SPEC.md §3, each checked numerically (float64)."""
+"""The facts of docs/algorithm.md ("Facts a test can check"), each checked numerically (float64)."""
 
 from __future__ import annotations
 

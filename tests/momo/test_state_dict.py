@@ -3,7 +3,9 @@ and model, k more steps."""
 
 from __future__ import annotations
 
+import copy
 import io
+import pickle
 
 import pytest
 import torch
@@ -63,3 +65,22 @@ def test_state_dict_holds_the_running_averages():
     state = opt.state_dict()["state"]["momo"]
     assert state["step"].item() == 3
     assert {"loss_avg", "gamma", "lb_estimate.0"} <= set(state)
+
+
+@pytest.mark.parametrize("copy_with", ["deepcopy", "pickle"])
+@pytest.mark.parametrize(("cls", "options"), CASES, ids=[f"{c.__name__}-{o}" for c, o in CASES])
+def test_copied_optimizer_steps_like_the_original(cls, options, copy_with):
+    """torch.optim.Optimizer pickles only defaults, state and param_groups; the copy must step too."""
+    X, Y = regression_data()
+    model = mlp()
+    opt = two_group_optimizer(cls, model, options)
+    train(model, opt, 3, X, Y)
+    if copy_with == "deepcopy":
+        model_copy, opt_copy = copy.deepcopy((model, opt))
+    else:
+        model_copy, opt_copy = pickle.loads(pickle.dumps((model, opt)))
+    assert opt_copy.sync_loss is True and opt_copy.process_group is None
+    train(model, opt, 3, X, Y, start=3)
+    train(model_copy, opt_copy, 3, X, Y, start=3)
+    for a, b in zip(model.parameters(), model_copy.parameters()):
+        assert torch.equal(a, b)
