@@ -1,4 +1,4 @@
-"""Sweep throughput: a learning-rate grid trained batched (experiments/batched.py) vs one run at a time.
+"""Sweep throughput: a learning-rate grid trained batched (experiments/runner/batched.py) vs one run at a time.
 
 Both modes run in this process, on the same synthetic stand-in data, for the same number of steps, with the
 same per-step bookkeeping as the runner (loss, gradient norm, the optimizer's step-size diagnostics) and an
@@ -36,9 +36,9 @@ import hydra  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-from experiments import optim  # noqa: E402
-from experiments.batched import BatchedGroup  # noqa: E402
-from experiments.data import normalize, synthetic_image_dataset  # noqa: E402
+from experiments.runner import optim  # noqa: E402
+from experiments.runner.batched import BatchedGroup  # noqa: E402
+from experiments.data.images import normalize, synthetic_image_dataset  # noqa: E402
 
 DIAGNOSTICS = ("step_size", "adaptive_step", "lb_estimate")
 

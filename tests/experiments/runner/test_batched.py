@@ -1,4 +1,4 @@
-"""Batched members (experiments/batched.py) against sequential runs of the same optimizers.
+"""Batched members (experiments/runner/batched.py) against sequential runs of the same optimizers.
 
 Equivalence is checked twice. In float64 every member of a group of Momo, MomoAdam, MoMo*, SGD-M and Adam
 matches its sequential run to rounding after 20 steps, for the MLP, ResNet20 (BatchNorm) and the CIFAR ViT
@@ -23,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.batched import BatchedGroup
+from experiments.runner.batched import BatchedGroup
 from experiments.models import mlp, resnet20, vit_cifar
 from momo import Momo, MomoAdam
 

@@ -23,7 +23,7 @@ is frozen the same way, with its traceback. The others train on unaffected.
 
 How far "unaffected" goes is a matter of bits. The members run in chunks of `width` rows, one vmap each;
 a member's arithmetic depends on the chunk width and on nothing else: not on the other members, their
-values, its row or how many have stopped (tested on CPU: tests/experiments/test_batched.py). The kernels
+values, its row or how many have stopped (tested on CPU: tests/experiments/runner/test_batched.py). The kernels
 do depend on the width (oneDNN and MKL pick them by shape: on CPU, ResNet20's first convolution on 8x8
 inputs rounds differently in a vmap of 3 members than of 4, and a vmap of 1 differs from a wider one). So:
 
