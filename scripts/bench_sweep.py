@@ -36,9 +36,9 @@ import hydra  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+from experiments.data.images import normalize, synthetic_image_dataset  # noqa: E402
 from experiments.runner import optim  # noqa: E402
 from experiments.runner.batched import BatchedGroup  # noqa: E402
-from experiments.data.images import normalize, synthetic_image_dataset  # noqa: E402
 
 DIAGNOSTICS = ("step_size", "adaptive_step", "lb_estimate")
 

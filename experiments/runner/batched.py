@@ -215,6 +215,15 @@ class BatchedGroup:
     def eval(self) -> BatchedGroup:
         return self.train(False)
 
+    def stop(self, indices: Iterable[int]) -> None:
+        """Freezes members that a runner has finished with (as if they had diverged now): they take
+        no further step and leave the stack."""
+        stopped = [i for i in indices if self.members[i].status == "training"]
+        for index in stopped:
+            self.members[index].diverged_at = self.steps
+        if stopped:
+            self._restack()
+
     # -- training ----------------------------------------------------------------------------
 
     def step(self, batch: Any) -> StepResult:

@@ -23,8 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from experiments.runner.batched import BatchedGroup
 from experiments.models import mlp, resnet20, vit_cifar
+from experiments.runner.batched import BatchedGroup
 from momo import Momo, MomoAdam
 
 SEED = 3
