@@ -17,14 +17,17 @@ over its own parameters: leaf tensors that share storage with the member's row o
 parameters, whose `.grad` is the member's row of the stacked gradient. The optimizer's math is thus a
 sequential run's, and MoMo's inner products and norms stay per member.
 
-A member whose loss or gradient turns non-finite is marked diverged at that step and frozen: it takes no
-optimizer step and leaves the stack, so its values reach no other member. A member whose optimizer raises
-is frozen the same way, with its traceback. The others train on unaffected.
+A member whose loss turns non-finite is marked diverged at that step and frozen: it takes no optimizer
+step and leaves the stack. That is a sequential run's criterion (experiments.runner.loop): a gradient norm
+that overflows float32 while the loss is finite (huge but finite gradient entries) is not divergence, and
+the member steps on, as the sequential run does. Its values reach no other member either way: every
+member's forward, loss and gradient are its own rows of the batched computation. A member whose
+optimizer raises is frozen the same way, with its traceback. The others train on unaffected.
 
 How far "unaffected" goes is a matter of bits. The members run in chunks of `width` rows, one vmap each;
 a member's arithmetic depends on the chunk width and on nothing else: not on the other members, their
-values, its row or how many have stopped (tested on CPU: tests/experiments/runner/test_batched.py). The kernels
-do depend on the width (oneDNN and MKL pick them by shape: on CPU, ResNet20's first convolution on 8x8
+values, its row or how many have stopped (tested on CPU: tests/experiments/runner/test_batched.py). The
+kernels do depend on the width (oneDNN and MKL pick them by shape: on CPU, ResNet20's first convolution on 8x8
 inputs rounds differently in a vmap of 3 members than of 4, and a vmap of 1 differs from a wider one). So:
 
 - `width=None` (default): one chunk of all members that train, narrowed as members stop, so a stopped
@@ -78,7 +81,7 @@ class Member:
     index: int
     optimizer: torch.optim.Optimizer
     params: list[Tensor]
-    diverged_at: int | None = None  # the group step whose loss or gradient was non-finite
+    diverged_at: int | None = None  # the group step whose loss was non-finite
     failed_at: int | None = None  # the group step whose optimizer step raised
     error: str | None = None  # that exception's traceback
 
@@ -228,7 +231,7 @@ class BatchedGroup:
 
     def step(self, batch: Any) -> StepResult:
         """One forward and backward of `batch` for every member that trains, then each member's
-        `optimizer.step(closure)`; a member whose loss or gradient is non-finite is frozen instead.
+        `optimizer.step(closure)`; a member whose loss is non-finite is frozen instead.
 
         One host synchronisation (the members' finiteness) per step, whatever K is."""
         self.steps += 1
@@ -246,7 +249,7 @@ class BatchedGroup:
             losses.append(chunk_losses)
             norms.append(chunk_norms)
         losses, norms = torch.cat(losses), torch.cat(norms)
-        finite = (torch.isfinite(losses) & torch.isfinite(norms)).tolist()
+        finite = torch.isfinite(losses).tolist()
         diverged, failed = [], []
         for position, index in enumerate(alive):
             if not finite[position]:

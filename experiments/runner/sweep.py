@@ -328,15 +328,16 @@ def run_sweep(
         if not user_group:  # the members' W&B group, as the sequential runs get it from `extra`
             for cfg in grouped:
                 cfg.logger.group = name
+        groups = group.form_groups(grouped, group_size)
         pending = [
             members
-            for members in group.form_groups(grouped, group_size)
+            for members in groups
             if not all(records.read_record(records.run_paths(c)) is not None for c in members)
         ]
         ids = [group.write_group(members).run_id for members in pending]
         log.info(
             "%d batched groups of at most %d runs, %d of them with runs to train",
-            math.ceil(len(grouped) / group_size) if grouped else 0,
+            len(groups),
             group_size,
             len(ids),
         )
