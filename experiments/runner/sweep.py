@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import collections
 import logging
-import math
 import shlex
 import subprocess
 import sys
@@ -47,10 +46,11 @@ log = logging.getLogger(__name__)
 # --launcher -> the hydra/launcher config (None: Hydra's basic launcher, one run after the other)
 LAUNCHERS = {"local": None, "parallel": "parallel", "slurm": "slurm", "slurm_cpu": "slurm_cpu"}
 STATUSES = ("completed", "diverged", "failed", "missing")
-# Runs per batched group by default: the whole grid of one seed of the default figure (32 runs of a
-# 0.09M-parameter MLP); `--group-size` caps it for larger models (memory: K copies of the parameters,
-# optimizer states and activations; docs/design.md §7).
-GROUP_SIZE = 32
+# Runs per batched group by default. The default figure's 96 runs make 6 groups of 16, which keep the
+# two workers of `--launcher parallel` on a 2-core CPU busy to the end (3 groups of 32 would leave one
+# idle for a third of the sweep). The group's memory is K copies of the parameters, optimizer states
+# and activations: lower it for large models, raise it on a GPU (docs/design.md §7).
+GROUP_SIZE = 16
 
 
 @dataclass(frozen=True)

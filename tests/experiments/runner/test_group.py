@@ -26,6 +26,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
+from record_schema import check_record
 
 from experiments.layout import CONFIG_DIR, RECORD_FILES, RunPaths
 from experiments.runner import group, optim, records, sweep, train
@@ -74,8 +75,10 @@ def train_batched(cfgs: list[DictConfig]) -> list[dict]:
 
 
 def read(cfg: DictConfig) -> dict:
-    """A run's record: run.json, metrics rows, trace rows, config.yaml."""
+    """A run's record (checked against the format of docs/design.md §4): run.json, metrics rows,
+    trace rows, config.yaml."""
     paths = records.run_paths(cfg)
+    check_record(paths.record)
     return {
         "info": json.loads(paths.info.read_text()),
         "metrics": [json.loads(line) for line in paths.metrics.read_text().splitlines()],
@@ -354,7 +357,7 @@ def test_sweep_finishes_batched_only_the_runs_that_sequential_runs_left_missing(
 @pytest.mark.slow
 def test_group_killed_with_sigkill_resumes_with_nothing_lost_or_duplicated(tmp_path: Path) -> None:
     # 100 steps per epoch: the kill lands between the first group checkpoint and the last record
-    args = ["epochs=3", "profile.max_train_batches=100", "task.synthetic_n_train=1600"]
+    args = ["epochs=3", "profile.max_train_batches=100", "+task.synthetic_n_train=1600"]
     reference = tmp_path / "reference"
     reference.mkdir()
     done = _sweep(reference, *args, timeout=900)
