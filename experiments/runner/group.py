@@ -365,7 +365,8 @@ def _train_epoch(
         for member in (members[i] for i in training):
             if member.alone and not member.stopped:
                 # on its own RNG copy: the group's dropout masks stay a sequential run's
-                with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
+                with torch.random.fork_rng(devices=cuda):
                     member.stopped = loop.train_step(member.run, member.steps, step, batch)
     for i in training:
         members[i].steps.finish()
