@@ -334,7 +334,9 @@ def run_sweep(
             for members in groups
             if not all(records.read_record(records.run_paths(c)) is not None for c in members)
         ]
-        ids = [group.write_group(members).run_id for members in pending]
+        # a dry run writes nothing: the ids are the members' hash either way
+        write = group.group_paths if dry_run else group.write_group
+        ids = [write(members).run_id for members in pending]
         log.info(
             "%d batched groups of at most %d runs, %d of them with runs to train",
             len(groups),

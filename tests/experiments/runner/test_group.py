@@ -14,6 +14,7 @@ that in float64 the same group agrees with sequential runs to rounding.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -460,3 +461,19 @@ optimizers:
     assert scores["batched"].keys() == scores["sequential"].keys()
     for run, score in scores["batched"].items():
         assert math.isclose(score, scores["sequential"][run], abs_tol=0.005), (run, score)
+
+
+def test_sweep_dry_run_names_one_job_per_group_and_writes_nothing(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sweep_file = tmp_path / "tiny.yaml"
+    sweep_file.write_text(TINY)
+    extra = ["profile=smoke", f"results_dir={tmp_path}"]
+    with caplog.at_level(logging.INFO):
+        sweep.run_sweep("fashion_mnist_mlp", "parallel", extra, dry_run=True, sweep_file=sweep_file)
+    logged = [r.getMessage() for r in caplog.records]
+    (command,) = [m for m in logged if m.startswith("$ ")]
+    (groups,) = [o for o in command.split() if o.startswith("+batched_group=")]
+    assert len(groups.split(",")) == 2  # one group per seed
+    assert "2 batched groups of at most 16 runs, 2 of them with runs to train" in logged
+    assert not (tmp_path / "runs").exists()
