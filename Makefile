@@ -12,7 +12,8 @@ LAUNCHER ?= parallel
 FIG ?= $(EXPERIMENT)
 
 .DEFAULT_GOAL := help
-.PHONY: help install test test-fast test-gpu test-slurm test-all lint format bench reproduce-figure sweep status \
+.PHONY: help install test test-fast test-gpu test-slurm test-all lint format bench bench-sweep gpu-check \
+        reproduce-figure sweep status \
         aggregate plot paper-figures report wandb-summary smoke install-fairseq install-torchrec data-fashion-mnist \
         data-iwslt14 data-criteo clean
 
@@ -64,6 +65,13 @@ bench: $(STAMP) ## optimizer-step benchmark against torch.optim and momo-opt 0.1
 	  $(PY) -m pip install -q --no-deps --target .bench_cache/momo_opt momo-opt==0.1.0
 	$(PY) scripts/bench.py $(BENCH_ARGS)
 
+BENCH_SWEEP_ARGS ?=
+bench-sweep: $(STAMP) ## batched vs sequential sweep throughput: the default figure's MLP grid, a ResNet20 grid
+	$(PY) scripts/bench_sweep.py $(BENCH_SWEEP_ARGS)
+
+gpu-check: $(STAMP) ## on a machine with one GPU: GPU tests, bench, ResNet20 grid, bf16 smoke runs, one table
+	PY=$(PY) bash scripts/gpu_check.sh
+
 sweep: $(STAMP) ## run the lr sweep of EXPERIMENT (LAUNCHER=parallel|local|slurm|slurm_cpu, ARGS="overrides")
 	$(PY) -m experiments.runner.sweep $(EXPERIMENT) --launcher $(LAUNCHER) $(ARGS)
 
@@ -85,8 +93,11 @@ report: $(STAMP) ## one self-contained HTML page of EXPERIMENT (plots/EXPERIMENT
 wandb-summary: $(STAMP) ## log EXPERIMENT's figures and tables as a "summary" run in its sweep's W&B group
 	$(PY) -m experiments.runner.wandb_summary $(EXPERIMENT) $(ARGS)
 
-reproduce-figure: $(STAMP) ## sweep + aggregate + plot of FIG (default: Fashion-MNIST MLP on this CPU)
-	PY=$(PY) FIG=$(FIG) LAUNCHER=$(LAUNCHER) ARGS="$(ARGS)" bash scripts/reproduce_figure.sh
+BATCHED ?= true
+GROUP_SIZE ?=
+reproduce-figure: $(STAMP) ## sweep + aggregate + plot of FIG (default: Fashion-MNIST MLP on this CPU; BATCHED=false)
+	PY=$(PY) FIG=$(FIG) LAUNCHER=$(LAUNCHER) ARGS="$(ARGS)" BATCHED=$(BATCHED) GROUP_SIZE=$(GROUP_SIZE) \
+	  bash scripts/reproduce_figure.sh
 
 smoke: $(STAMP) ## a seconds-long CPU run of EXPERIMENT on synthetic data
 	$(PY) -m experiments.train experiment=$(EXPERIMENT) profile=smoke

@@ -7,7 +7,9 @@ plots all take their file names from here, so the layout changes in one place.
     <results_dir>/runs/<experiment>/<run_id>/               config.yaml, metrics.jsonl, trace.csv, run.json
     <results_dir>/runs/<experiment>/.tmp/<run_id>-<pid>/    a record assembled here, then renamed into place
     <results_dir>/runs/<experiment>/.partial/<run_id>/      per-epoch checkpoint of an unfinished run
+    <results_dir>/runs/<experiment>/.partial/<group_id>/    a batched group's members.yaml and checkpoint
     <results_dir>/runs/<experiment>/.locks/<run_id>.lock    the lock of the process that trains the run
+                                                            (or the group: <group_id>.lock)
     <results_dir>/work/<experiment>/<run_id>/               a workload's own files (fairseq's checkpoints)
     <results_dir>/<experiment>.csv, .parquet, _summary.csv, _curves.csv, _robustness.csv, _runs.csv,
                               _trace.parquet  (experiments.analysis.aggregate)

@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make reproduce-figure [FIG=<experiment>] [LAUNCHER=parallel|local|slurm] [ARGS="<overrides>"]`
+# `make reproduce-figure [FIG=<experiment>] [LAUNCHER=parallel|local|slurm] [ARGS="<overrides>"]
+#   [BATCHED=false] [GROUP_SIZE=<n>]`
 #
 # With no arguments: the paper's MNIST protocol on real Fashion-MNIST (fashion_mnist_mlp: MoMo,
 # MoMo-Adam, SGD-M and Adam over the paper's MNIST lr grids, 3 seeds, 10 epochs; MoMo* for the extras
@@ -43,10 +44,14 @@ obtain_fashion_mnist() {
 [[ $FIG == fashion_mnist_mlp || $FIG == lr_free ]] && obtain_fashion_mnist
 
 start=$(date +%s)
-say "sweep $FIG on launcher $LAUNCHER ($(nproc) cores)"
-"$PY" -m experiments.runner.sweep "$FIG" --launcher "$LAUNCHER" "${EXTRA[@]}"
+say "sweep $FIG on launcher $LAUNCHER ($(nproc) cores, batched=${BATCHED:-true}, load $(cut -d' ' -f1-3 /proc/loadavg))"
+# Batched groups by default (docs/design.md §7); BATCHED=false: one process per run.
+SWEEP_FLAGS=()
+[[ ${BATCHED:-true} == false ]] && SWEEP_FLAGS+=(--sequential)
+[[ -n ${GROUP_SIZE:-} ]] && SWEEP_FLAGS+=(--group-size "$GROUP_SIZE")
+"$PY" -m experiments.runner.sweep "$FIG" --launcher "$LAUNCHER" "${SWEEP_FLAGS[@]}" "${EXTRA[@]}"
 "$PY" -m experiments.runner.sweep "$FIG" --status "${EXTRA[@]}"
 "$PY" -m experiments.analysis.aggregate "$FIG" --results-dir "$RESULTS" "${EXTRA[@]}"
 "$PY" -m experiments.analysis.plot "$FIG" fig1 --results-dir "$RESULTS" --plots-dir "${PLOTS:-plots}"
 "$PY" -m experiments.analysis.report "$FIG" --results-dir "$RESULTS" --plots-dir "${PLOTS:-plots}"
-say "done in $(( $(date +%s) - start )) s: $RESULTS/${FIG}_summary.csv, ${PLOTS:-plots}/$FIG/ (report.html)"
+say "done in $(( $(date +%s) - start )) s (load $(cut -d' ' -f1-3 /proc/loadavg)): $RESULTS/${FIG}_summary.csv, ${PLOTS:-plots}/$FIG/ (report.html)"

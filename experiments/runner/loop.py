@@ -92,18 +92,33 @@ def fit(
         steps, diverged = train_epoch(run, epoch, first_step=state.step + 1)
         if run.schedule_interval == "epoch":
             run.scheduler.step()
-        row = {"epoch": epoch, **evaluate(run), "lr": float(lr), "model_norm": _norm(run.model)}
-        row |= steps.summary()
-        row["time_s"] = time.perf_counter() - start
-        state.epoch, state.step = epoch, state.step + steps.count
-        state.metrics.append(row)
-        state.trace.extend(steps.trace)
-        state.wall_time_s += row["time_s"]
-        _log_epoch(run.name, row, epochs, run.dist)
+        row = end_epoch(run, state, steps, evaluate(run), lr, time.perf_counter() - start, epochs)
         on_epoch_end(state)
         if diverged or not math.isfinite(row["train/loss"]):
             return "diverged"
     return "completed"
+
+
+def end_epoch(
+    run: Run,
+    state: TrainState,
+    steps: StepLog,
+    metrics: dict[str, float],
+    lr: float,
+    time_s: float,
+    epochs: int,
+) -> dict:
+    """The epoch's metrics.jsonl row from its evaluation `metrics` and step log, added to `state` with
+    the epoch's trace rows, and logged; returns the row."""
+    row = {"epoch": steps.epoch, **metrics, "lr": float(lr), "model_norm": _norm(run.model)}
+    row |= steps.summary()
+    row["time_s"] = time_s
+    state.epoch, state.step = steps.epoch, state.step + steps.count
+    state.metrics.append(row)
+    state.trace.extend(steps.trace)
+    state.wall_time_s += time_s
+    _log_epoch(run.name, row, epochs, run.dist)
+    return row
 
 
 def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
@@ -117,29 +132,36 @@ def train_epoch(run: Run, epoch: int, first_step: int) -> tuple[StepLog, bool]:
             batches, total=run.batches_per_epoch, desc=f"{run.name} epoch {epoch}", leave=False
         )
     for step, batch in enumerate(batches, start=first_step):
-        if not run.task.shards_batches:
-            batch = distributed.shard(batch, run.dist)
-        closure = functools.partial(_closure, run, batch)
-        try:
-            loss = run.optimizer.step(closure)
-        except Exception:
-            # An optimizer may refuse a non-finite gradient (DoG asserts on it): the run diverged at
-            # this step. The gradients are all-reduced, so every rank takes the same branch.
-            if bool(torch.isfinite(_grad_norm(run.model))):
-                raise
-            log.warning(
-                "[%s] step %d: the optimizer raised on a non-finite gradient", run.name, step
-            )
-            return steps.finish(), True
-        peers.after_step(run.averager)
-        steps.record(
-            step, loss.detach(), peers.step_diagnostics(run.optimizer), _grad_norm(run.model)
-        )
-        if run.schedule_interval == "step":
-            run.scheduler.step()
-        if (step - 1) % run.trace_every == 0 and steps.trace_point(step, run.dist):
+        if train_step(run, steps, step, batch):
             return steps.finish(), True
     return steps.finish(), steps.any_nonfinite(run.dist)
+
+
+def train_step(run: Run, steps: StepLog, step: int, batch: Any) -> bool:
+    """Optimizer step `step` on `batch`, recorded in `steps`; True when it is a trace point and a loss
+    of the epoch so far was non-finite (the epoch stops there)."""
+    if not run.task.shards_batches:
+        batch = distributed.shard(batch, run.dist)
+    closure = functools.partial(_closure, run, batch)
+    try:
+        loss = run.optimizer.step(closure)
+    except Exception:
+        # An optimizer may refuse a non-finite gradient (DoG asserts on it): the run diverged at this
+        # step. The gradients are all-reduced, so every rank takes the same branch.
+        if bool(torch.isfinite(_grad_norm(run.model))):
+            raise
+        log.warning("[%s] step %d: the optimizer raised on a non-finite gradient", run.name, step)
+        return True
+    peers.after_step(run.averager)
+    steps.record(step, loss.detach(), peers.step_diagnostics(run.optimizer), _grad_norm(run.model))
+    if run.schedule_interval == "step":
+        run.scheduler.step()
+    return is_trace_step(run, step) and steps.trace_point(step, run.dist)
+
+
+def is_trace_step(run: Run, step: int) -> bool:
+    """Whether step `step` (counted from 1 over the whole run) gets a trace row."""
+    return (step - 1) % run.trace_every == 0
 
 
 def _closure(run: Run, batch: Any) -> torch.Tensor:
@@ -283,21 +305,13 @@ def _log_epoch(name: str, row: dict, epochs: int, ctx: DistContext) -> None:
 
 def snapshot(run: Run, state: TrainState) -> dict[str, Any]:
     """A checkpoint from which `restore` continues the run bit-exactly."""
-    rng = {
-        "torch": torch.get_rng_state(),
-        "generator": run.generator.get_state(),
-        "python": random.getstate(),
-        "numpy": np.random.get_state(),
-    }
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
     return {
         "state": asdict(state),
         "model": run.model.state_dict(),
         "optimizer": run.optimizer.state_dict(),
         "scheduler": run.scheduler.state_dict(),
         "averager": run.averager.state_dict() if run.averager is not None else None,
-        "rng": rng,
+        "rng": rng_state(run.generator),
     }
 
 
@@ -307,11 +321,27 @@ def restore(run: Run, checkpoint: dict[str, Any]) -> TrainState:
     run.scheduler.load_state_dict(checkpoint["scheduler"])
     if run.averager is not None:
         run.averager.load_state_dict(checkpoint["averager"])
-    rng = checkpoint["rng"]
+    restore_rng(checkpoint["rng"], run.generator)
+    return TrainState(**checkpoint["state"])
+
+
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random state a run draws from: the data generator's and the global ones."""
+    rng = {
+        "torch": torch.get_rng_state(),
+        "generator": generator.get_state(),
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+    }
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return rng
+
+
+def restore_rng(rng: dict[str, Any], generator: torch.Generator) -> None:
     torch.set_rng_state(rng["torch"])
-    run.generator.set_state(rng["generator"])
+    generator.set_state(rng["generator"])
     random.setstate(rng["python"])
     np.random.set_state(rng["numpy"])
     if "cuda" in rng and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
-    return TrainState(**checkpoint["state"])

@@ -120,15 +120,7 @@ def run_lock(paths: RunPaths, *, patience_s: float = 1.0) -> Iterator[None]:
     the first was killed). `patience_s`: how long a busy lock is retried quietly first (a status probe,
     `is_running`, holds it for microseconds). Creating the lock file is also the check that the results
     directory is writable: NotWritableError, before anything trains."""
-    try:
-        paths.lock.parent.mkdir(parents=True, exist_ok=True)
-        lock_file = open(paths.lock, "a+")  # noqa: SIM115 (closed below, after the unlock)
-    except OSError as error:
-        raise NotWritableError(
-            f"Results directory {paths.results_dir} is not writable ({error.strerror}: "
-            f"{error.filename}); choose another with results_dir=<path>",
-        ) from error
-    with lock_file:
+    with _open_lock(paths) as lock_file:
         if not _lock_within(lock_file, patience_s):
             lock_file.seek(0)
             holder = lock_file.read().strip() or "another process"
@@ -139,14 +131,44 @@ def run_lock(paths: RunPaths, *, patience_s: float = 1.0) -> Iterator[None]:
                 paths.lock,
             )
             fcntl.flock(lock_file, fcntl.LOCK_EX)
-        lock_file.seek(0)
-        lock_file.truncate()
-        lock_file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
-        lock_file.flush()
-        try:
+        with _holding(lock_file):
             yield
-        finally:
-            fcntl.flock(lock_file, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def try_run_lock(paths: RunPaths) -> Iterator[bool]:
+    """`run_lock` without the wait: yields True holding the run's lock, or False (holding nothing) when
+    another process holds it. For a runner with other runs to train meanwhile (a batched group)."""
+    with _open_lock(paths) as lock_file:
+        if not _lock_within(lock_file, 0.0):
+            yield False
+            return
+        with _holding(lock_file):
+            yield True
+
+
+def _open_lock(paths: RunPaths) -> Any:
+    try:
+        paths.lock.parent.mkdir(parents=True, exist_ok=True)
+        return open(paths.lock, "a+")  # the caller's `with` closes it
+    except OSError as error:
+        raise NotWritableError(
+            f"Results directory {paths.results_dir} is not writable ({error.strerror}: "
+            f"{error.filename}); choose another with results_dir=<path>",
+        ) from error
+
+
+@contextlib.contextmanager
+def _holding(lock_file: Any) -> Iterator[None]:
+    """Signs the locked file with this process's pid and host; unlocks on leaving."""
+    lock_file.seek(0)
+    lock_file.truncate()
+    lock_file.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    lock_file.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
 
 
 def _lock_within(lock_file: Any, patience_s: float) -> bool:

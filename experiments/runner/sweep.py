@@ -36,16 +36,21 @@ from pathlib import Path
 from hydra import compose, initialize_config_dir
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
 from experiments.layout import CONFIG_DIR, RunPaths
-from experiments.runner import errors, identity, records, slurm, train
+from experiments.runner import errors, group, identity, records, slurm, train
 
 log = logging.getLogger(__name__)
 
 # --launcher -> the hydra/launcher config (None: Hydra's basic launcher, one run after the other)
 LAUNCHERS = {"local": None, "parallel": "parallel", "slurm": "slurm", "slurm_cpu": "slurm_cpu"}
 STATUSES = ("completed", "diverged", "failed", "missing")
+# Runs per batched group by default. The default figure's 96 runs make 6 groups of 16, which keep the
+# two workers of `--launcher parallel` on a 2-core CPU busy to the end (3 groups of 32 would leave one
+# idle for a third of the sweep). The group's memory is K copies of the parameters, optimizer states
+# and activations: lower it for large models, raise it on a GPU (docs/design.md §7).
+GROUP_SIZE = 16
 
 
 @dataclass(frozen=True)
@@ -125,19 +130,27 @@ def expected_runs(
             yield from batch
 
 
-def expected_paths(
+def expected_configs(
     experiment: str, blocks: Sequence[Block], extra: Sequence[str] = ()
-) -> list[RunPaths]:
-    """The record paths of every expected run: its config composed as `experiments.train` would and
-    checked by the runner's own `validate` (a bad value stops the sweep before anything runs), its run
-    id the runner's own (identity.run_id), so the sweep cannot drift from what the runner writes."""
-    paths = []
+) -> list[DictConfig]:
+    """The config of every expected run, composed as `experiments.train` would and checked by the
+    runner's own `validate` (a bad value stops the sweep before anything runs); one per run id (values
+    equal by value, lr=1 and lr=1.0, are one run)."""
+    configs: dict[RunPaths, DictConfig] = {}
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         for overrides in expected_runs(experiment, blocks, extra):
             cfg = compose("train", overrides=overrides)
             train.validate(cfg)
-            paths.append(records.run_paths(cfg))
-    return list(dict.fromkeys(paths))  # one run for values equal by value: lr=1 and lr=1.0
+            configs.setdefault(records.run_paths(cfg), cfg)
+    return list(configs.values())
+
+
+def expected_paths(
+    experiment: str, blocks: Sequence[Block], extra: Sequence[str] = ()
+) -> list[RunPaths]:
+    """The record paths of every expected run, its run id the runner's own (identity.run_id), so the
+    sweep cannot drift from what the runner writes."""
+    return [records.run_paths(cfg) for cfg in expected_configs(experiment, blocks, extra)]
 
 
 def status_of(paths: Sequence[RunPaths]) -> dict[str, list[str]]:
@@ -292,51 +305,128 @@ def run_sweep(
     dry_run: bool = False,
     sweep_file: Path | None = None,
     poll_s: float = 10.0,
+    batched: bool = True,
+    group_size: int = GROUP_SIZE,
 ) -> int:
-    """Runs every block's multirun in turn, with a progress line every `poll_s` seconds when it
-    changed; returns the number of blocks whose command failed."""
+    """Runs the sweep's batched groups (one Hydra multirun, one job per group) and then every block
+    that trains sequentially (one multirun each), with a progress line every `poll_s` seconds when it
+    changed; returns the number of multiruns that failed.
+
+    `batched`: the runs that can share batches train in groups of at most `group_size`
+    (experiments/runner/group.py); a block whose task or optimizer cannot batch, and every block when
+    `batched` is False, runs sequentially."""
     check_launcher(experiment, launcher, extra)
+    if batched and (
+        isinstance(group_size, bool) or not isinstance(group_size, int) or group_size < 1
+    ):
+        raise ValueError(f"Invalid group size: {group_size} (an integer >= 1)")
     blocks = load_sweep(experiment, sweep_file)
-    per_block = [expected_paths(experiment, [block], extra) for block in blocks]
-    name = identity.sweep_id(experiment, (p.run_id for paths in per_block for p in paths))
+    per_block = [expected_configs(experiment, [block], extra) for block in blocks]
+    name = identity.sweep_id(
+        experiment, (records.run_paths(c).run_id for cfgs in per_block for c in cfgs)
+    )
+    user_group = any(o.lstrip("+").startswith("logger.group=") for o in extra)
     extra = with_group(extra, name)
     on_slurm = launcher.startswith("slurm")
     if on_slurm:
         extra.append(f"hydra.launcher.name={name}")  # the jobs' name in squeue
-    chosen = [(b, paths) for b, paths in zip(blocks, per_block) if not only or b.optimizer in only]
-    runs = list(dict.fromkeys(p for _, paths in chosen for p in paths))
+    chosen = [(b, cfgs) for b, cfgs in zip(blocks, per_block) if not only or b.optimizer in only]
+    runs = list(dict.fromkeys(records.run_paths(c) for _, cfgs in chosen for c in cfgs))
     progress = Progress(name, runs, job_name=name if on_slurm else None)
+    grouped, sequential = _split_blocks(chosen, batched)
     log.info(
-        "sweep %s: %d runs in %d blocks on launcher %s", name, len(runs), len(chosen), launcher
+        "sweep %s: %d runs on launcher %s, %d of them batched",
+        name,
+        len(runs),
+        launcher,
+        len(grouped),
     )
-    failures = 0
-    for block, paths in chosen:
-        command = multirun_command(experiment, block, launcher, extra)
-        if all(records.read_record(p) is not None for p in paths):
-            log.info("the %s block's %d runs are finished already", block.optimizer, len(paths))
+    commands = []
+    if grouped:
+        if not user_group:  # the members' W&B group, as the sequential runs get it from `extra`
+            for cfg in grouped:
+                cfg.logger.group = name
+        groups = group.form_groups(grouped, group_size)
+        pending = [
+            members
+            for members in groups
+            if not all(records.read_record(records.run_paths(c)) is not None for c in members)
+        ]
+        # a dry run writes nothing: the ids are the members' hash either way
+        write = group.group_paths if dry_run else group.write_group
+        ids = [write(members).run_id for members in pending]
+        log.info(
+            "%d batched groups of at most %d runs, %d of them with runs to train",
+            len(groups),
+            group_size,
+            len(ids),
+        )
+        if ids:
+            commands.append(("batched groups", group_command(experiment, ids, launcher, extra)))
+    for block, cfgs in sequential:
+        if all(records.read_record(records.run_paths(c)) is not None for c in cfgs):
+            log.info("the %s block's %d runs are finished already", block.optimizer, len(cfgs))
             continue
+        commands.append(
+            (f"{block.optimizer} block", multirun_command(experiment, block, launcher, extra))
+        )
+    failures = 0
+    for what, command in commands:
         log.info("$ %s", shlex.join(command[1:]))
         if dry_run:
             continue
-        progress.report()
-        process = subprocess.Popen(command)
-        while True:
-            try:
-                returncode = process.wait(timeout=poll_s)
-                break
-            except subprocess.TimeoutExpired:
-                progress.report()
+        returncode = _run_with_progress(command, progress, poll_s)
         if returncode != 0:
-            log.error(
-                "the %s block of %s failed (exit status %d)",
-                block.optimizer,
-                experiment,
-                returncode,
-            )
+            log.error("the %s of %s failed (exit status %d)", what, experiment, returncode)
             failures += 1
     if not dry_run:
         progress.finish()
     return failures
+
+
+def _split_blocks(
+    chosen: Sequence[tuple[Block, list[DictConfig]]], batched: bool
+) -> tuple[list[DictConfig], list[tuple[Block, list[DictConfig]]]]:
+    """The configs that train in batched groups, and the blocks that run sequentially; says once why
+    a block is sequential."""
+    grouped: dict[RunPaths, DictConfig] = {}
+    sequential = []
+    reasons: dict[str, list[str]] = {}
+    for block, cfgs in chosen:
+        reason = (
+            "--sequential" if not batched else next(filter(None, map(group.blocker, cfgs)), None)
+        )
+        if reason is None:
+            grouped |= {
+                records.run_paths(c): c for c in cfgs if records.run_paths(c) not in grouped
+            }
+        else:
+            sequential.append((block, cfgs))
+            reasons.setdefault(reason, []).append(block.optimizer)
+    for reason, optimizers in reasons.items():
+        log.info("sequential runs (%s): %s", reason, ", ".join(dict.fromkeys(optimizers)))
+    return list(grouped.values()), sequential
+
+
+def group_command(
+    experiment: str, group_ids: Sequence[str], launcher: str = "local", extra: Sequence[str] = ()
+) -> list[str]:
+    """The `python -m experiments.train -m ... +batched_group=<id>,...` command: one job per group."""
+    command = [sys.executable, "-m", "experiments.train", "-m", f"experiment={experiment}"]
+    command.append(f"+batched_group={','.join(group_ids)}")
+    if LAUNCHERS[launcher] is not None:
+        command.append(f"hydra/launcher={LAUNCHERS[launcher]}")
+    return command + list(extra)
+
+
+def _run_with_progress(command: list[str], progress: Progress, poll_s: float) -> int:
+    progress.report()
+    process = subprocess.Popen(command)
+    while True:
+        try:
+            return process.wait(timeout=poll_s)
+        except subprocess.TimeoutExpired:
+            progress.report()
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -355,6 +445,17 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--file", type=Path, help="a sweep file other than configs/sweep/<id>.yaml")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument(
+        "--sequential",
+        action="store_true",
+        help="one process per run (default: runs that share batches train in batched groups)",
+    )
+    parser.add_argument(
+        "--group-size",
+        type=int,
+        default=GROUP_SIZE,
+        help=f"at most this many runs per batched group (memory cap; default {GROUP_SIZE})",
+    )
+    parser.add_argument(
         "--status", action="store_true", help="count the sweep's records, run nothing"
     )
     args = parser.parse_intermixed_args(argv)
@@ -370,7 +471,14 @@ def main(argv: Sequence[str] | None = None) -> None:
             print_left_out(args.experiment, args.overrides, args.file, paths)
             sys.exit(0)
         failures = run_sweep(
-            args.experiment, args.launcher, args.overrides, args.only, args.dry_run, args.file
+            args.experiment,
+            args.launcher,
+            args.overrides,
+            args.only,
+            args.dry_run,
+            args.file,
+            batched=not args.sequential,
+            group_size=args.group_size,
         )
     sys.exit(1 if failures else 0)
 

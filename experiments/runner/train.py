@@ -274,15 +274,20 @@ def finish_record(
 # An absolute path: Hydra resolves a relative one against the calling module, which works for
 # `python -m experiments.train` but not when `main` is imported (tests, other entry points).
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
-def main(cfg: DictConfig) -> dict:
+def main(cfg: DictConfig) -> dict | list[dict]:
     single = HydraConfig.get().mode == RunMode.RUN
     # A single run's bad input is reported here, before Hydra adds its "Error executing job" line; in
     # a multirun that line says which job it was.
     with errors.input_errors_as_one_line() if single else contextlib.nullcontext():
-        info = train(cfg)
-    if info["status"] == "failed" and single:
+        if cfg.get("batched_group"):  # a sweep's batched group (experiments/runner/group.py)
+            from experiments.runner import group  # it imports this module
+
+            infos = group.run(cfg)
+        else:
+            infos = [train(cfg)]
+    if single and any(info["status"] == "failed" for info in infos):
         sys.exit(1)  # a single run that failed is an error; a multirun goes on to its next job
-    return info
+    return infos if cfg.get("batched_group") else infos[0]
 
 
 def cli() -> None:

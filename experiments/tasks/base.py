@@ -72,6 +72,10 @@ class Task(abc.ABC):
     # that decodes images in DataLoader workers reads only its own); the loop then does not split it.
     shards_batches: ClassVar[bool] = False
     eval_by_sums: ClassVar[bool] = True
+    # True when the runs of a sweep that differ only in their optimizer may train as one batched group
+    # (experiments/runner/group.py): the loss and `eval_sums` are pure functions of the model and the
+    # batch that torch.func.vmap can run, and the batches depend on the run's generator alone.
+    batchable: ClassVar[bool] = False
 
     data_dir: Path = Path("data")  # from the runner: where datasets are looked for
     synthetic: bool = False  # from the runner: stand-in data of the dataset's shapes, nothing read

@@ -45,6 +45,7 @@ class ImageClassification(Task):
 
     score_name = "acc"
     higher_is_better = True
+    batchable = True
 
     dataset: str
     model: Callable[[], torch.nn.Module]

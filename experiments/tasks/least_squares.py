@@ -50,6 +50,7 @@ class LeastSquares(Task):
 
     score_name = "mse"
     higher_is_better = False
+    batchable = True
 
     model: Callable[[], torch.nn.Module]
     n_samples: int = 200

@@ -31,6 +31,7 @@ RUN_INFO = {  # key: the types its value may have
     "error": (str, type(None)),
     "finished_at": (str,),
 }
+BATCHED = {"members", "group"}  # run.json's optional `batched`: a run trained in a batched group
 DEVICE = {"type", "name", "world_size", "amp"}
 DATA = {"dataset", "source", "synthetic", "n_train", "n_val"}
 METRICS_REQUIRED = ("epoch", "train/loss", "val/loss", "val/score", "lr", "time_s")
@@ -49,7 +50,10 @@ def check_record(record: Path) -> dict:
         "trace.csv",
     ], sorted(p.name for p in record.iterdir())
     info = json.loads((record / "run.json").read_text())
-    assert set(info) == set(RUN_INFO), set(info) ^ set(RUN_INFO)
+    assert set(info) - {"batched"} == set(RUN_INFO), set(info) ^ set(RUN_INFO)
+    if "batched" in info:
+        assert set(info["batched"]) == BATCHED and info["batched"]["members"] >= 1
+        assert re.fullmatch(r"group-[0-9a-f]{12}", info["batched"]["group"])
     for key, types in RUN_INFO.items():
         assert isinstance(info[key], types), (key, info[key])
     assert info["run_id"] == record.name and re.fullmatch(r"[0-9a-f]{12}", info["run_id"])

@@ -186,12 +186,20 @@ def test_sweep_gives_every_block_the_sweeps_group_and_skips_finished_blocks(
     for paths in sweep.expected_paths("fashion_mnist_mlp", blocks[1:], extra):
         _write(paths, "completed")
     with caplog.at_level(logging.INFO):
-        sweep.run_sweep("fashion_mnist_mlp", "parallel", extra, dry_run=True, sweep_file=sweep_file)
+        sweep.run_sweep(
+            "fashion_mnist_mlp",
+            "parallel",
+            extra,
+            dry_run=True,
+            sweep_file=sweep_file,
+            batched=False,
+        )
     logged = [r.getMessage() for r in caplog.records]
     (command,) = [m for m in logged if m.startswith("$ ")]
     assert "optimizer=momo" in command and command.endswith(f"logger.group={group}")
     assert "the sgd_m block's 4 runs are finished already" in logged
-    assert f"sweep {group}: 8 runs in 2 blocks on launcher parallel" in logged
+    assert f"sweep {group}: 8 runs on launcher parallel, 0 of them batched" in logged
+    assert "sequential runs (--sequential): momo, sgd_m" in logged
 
 
 def test_sweep_id_changes_with_the_runs_only(tmp_path: Path) -> None:
