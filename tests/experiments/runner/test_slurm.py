@@ -79,7 +79,8 @@ def _sweep(tmp_path: Path, launcher: str, *extra: str) -> list[str]:
 
 
 def test_slurm_sweep_job_array_with_a_requeued_run(cluster, tmp_path):
-    command = _sweep(tmp_path, "slurm_cpu", f"epochs={EPOCHS}")
+    # one run per array task (--sequential): a batched sweep would train both runs as one group job
+    command = _sweep(tmp_path, "slurm_cpu", f"epochs={EPOCHS}", "--sequential")
     sweep = subprocess.Popen(
         command, cwd=ROOT, env=ENV, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
