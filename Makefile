@@ -36,7 +36,7 @@ install-fairseq: ## (re)install fairseq-fixed into .venv (part of install)
 install-torchrec: ## (re)install torchrec for DLRM into .venv (part of install)
 	PYTHON=$(PY) bash scripts/install_torchrec.sh
 
-test: $(STAMP) ## every CPU test: the math, every smoke run, sweeps, local SLURM (offline; 10.5 min on 2 cores)
+test: $(STAMP) ## every CPU test: the math, every smoke run, sweeps, local SLURM (offline; 10.5-12.5 min on 2 cores)
 	$(PY) -m pytest -m "not gpu"
 
 test-fast: $(STAMP) ## the quick subset for development (no slow, SLURM or GPU tests; 3.5 min)
