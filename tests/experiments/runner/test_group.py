@@ -28,12 +28,11 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import DictConfig, OmegaConf
 from record_schema import check_record
+from tiny_sweep import ENV, ROOT, TINY, run_tiny_sweep
 
 from experiments.layout import CONFIG_DIR, RECORD_FILES, RunPaths
 from experiments.runner import group, optim, records, sweep, train
 
-ROOT = Path(__file__).resolve().parents[3]
-ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
 # Momo, MomoAdam, MoMo*, SGD-M and Adam in one group
 EQUIVALENCE = [
     ("momo", 1.0),
@@ -337,30 +336,6 @@ def test_group_job_without_its_members_file_says_how_to_get_it(tmp_path: Path) -
         group.read_group(paths)
 
 
-TINY = """
-experiment: fashion_mnist_mlp
-params:
-  seed: [0, 1]
-optimizers:
-  momo:
-    optimizer.lr: [0.1, 10.0]
-  sgd_m:
-    optimizer.lr: [0.01, 0.1]
-"""
-
-
-def _sweep(tmp_path: Path, *args: str, background: bool = False, **kwargs):
-    sweep_file = tmp_path / "tiny.yaml"
-    sweep_file.write_text(TINY)
-    command = [
-        sys.executable, "-m", "experiments.runner.sweep", "fashion_mnist_mlp", "--file", str(sweep_file),
-        "profile=smoke", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun", *args,
-    ]  # fmt: skip
-    if background:
-        return subprocess.Popen(command, cwd=ROOT, env=ENV, start_new_session=True, **kwargs)
-    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, **kwargs)
-
-
 def _infos(tmp_path: Path) -> dict[str, dict]:
     root = tmp_path / "runs" / "fashion_mnist_mlp"
     return {p.parent.name: json.loads(p.read_text()) for p in sorted(root.glob("*/run.json"))}
@@ -375,7 +350,7 @@ def test_sweep_finishes_batched_only_the_runs_that_sequential_runs_left_missing(
     blocks = sweep.load_sweep("fashion_mnist_mlp", sweep_file)
     cfgs = sweep.expected_configs("fashion_mnist_mlp", blocks, extra)
     before = {info["run_id"]: info for info in (train.train(cfg) for cfg in cfgs[:3])}
-    done = _sweep(tmp_path, "--launcher", "local", timeout=600)
+    done = run_tiny_sweep(tmp_path, "--launcher", "local", timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     infos = _infos(tmp_path)
     assert len(infos) == 8
@@ -387,7 +362,7 @@ def test_sweep_finishes_batched_only_the_runs_that_sequential_runs_left_missing(
     assert {info["batched"]["group"] for info in infos.values() if "batched" in info} == {
         group.group_paths(members).run_id for members in group.form_groups(cfgs, 32)
     }
-    assert "missing 0" in _sweep(tmp_path, "--status").stdout
+    assert "missing 0" in run_tiny_sweep(tmp_path, "--status").stdout
 
 
 @pytest.mark.slow
@@ -396,12 +371,12 @@ def test_group_killed_with_sigkill_resumes_with_nothing_lost_or_duplicated(tmp_p
     args = ["epochs=3", "profile.max_train_batches=100", "+task.synthetic_n_train=1600"]
     reference = tmp_path / "reference"
     reference.mkdir()
-    done = _sweep(reference, *args, timeout=900)
+    done = run_tiny_sweep(reference, *args, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
 
     killed = tmp_path / "killed"
     killed.mkdir()
-    process = _sweep(
+    process = run_tiny_sweep(
         killed, *args, background=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     partial = killed / "runs" / "fashion_mnist_mlp" / ".partial"
@@ -413,7 +388,7 @@ def test_group_killed_with_sigkill_resumes_with_nothing_lost_or_duplicated(tmp_p
     assert list(partial.glob("group-*/checkpoint.pt")), "the kill should land mid-group"
     assert len(_infos(killed)) < 8
 
-    done = _sweep(killed, *args, timeout=900)
+    done = run_tiny_sweep(killed, *args, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     infos, expected = _infos(killed), _infos(reference)
     assert infos.keys() == expected.keys() and len(infos) == 8

@@ -15,35 +15,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from omegaconf import OmegaConf
+from tiny_sweep import ENV, ROOT, TINY, run_tiny_sweep
 
 from experiments.layout import RunPaths
 from experiments.runner import records, sweep
 from experiments.runner.sweep import expected_runs, load_sweep, multirun_command
-
-ROOT = Path(__file__).resolve().parents[3]
-ENV = {**os.environ, "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-TINY = """
-experiment: fashion_mnist_mlp
-params:
-  seed: [0, 1]
-optimizers:
-  momo:
-    optimizer.lr: [0.1, 10.0]
-  sgd_m:
-    optimizer.lr: [0.01, 0.1]
-"""
-
-
-def _sweep(tmp_path: Path, *args: str, **kwargs) -> subprocess.Popen | subprocess.CompletedProcess:
-    sweep_file = tmp_path / "tiny.yaml"
-    sweep_file.write_text(TINY)
-    command = [
-        sys.executable, "-m", "experiments.runner.sweep", "fashion_mnist_mlp", "--file", str(sweep_file),
-        "profile=smoke", f"results_dir={tmp_path}", f"hydra.sweep.dir={tmp_path}/multirun", *args,
-    ]  # fmt: skip
-    if kwargs.pop("background", False):
-        return subprocess.Popen(command, cwd=ROOT, env=ENV, start_new_session=True, **kwargs)
-    return subprocess.run(command, cwd=ROOT, env=ENV, capture_output=True, text=True, **kwargs)
 
 
 def _records(tmp_path: Path) -> list[dict]:
@@ -89,7 +65,9 @@ def test_every_paper_sweep_file_loads(experiment):
 
 @pytest.mark.slow
 def test_sweep_end_to_end_through_aggregate_and_plot(tmp_path):
-    done = _sweep(tmp_path, "--launcher", "parallel", "hydra.launcher.n_jobs=2", timeout=900)
+    done = run_tiny_sweep(
+        tmp_path, "--launcher", "parallel", "hydra.launcher.n_jobs=2", timeout=900
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     records = _records(tmp_path)
     assert len(records) == 8
@@ -97,7 +75,7 @@ def test_sweep_end_to_end_through_aggregate_and_plot(tmp_path):
         (o, lr, s) for o, lrs in (("momo", (0.1, 10.0)), ("sgd_m", (0.01, 0.1))) for lr in lrs
         for s in (0, 1)
     }  # fmt: skip
-    status = _sweep(tmp_path, "--status")
+    status = run_tiny_sweep(tmp_path, "--status")
     assert "8 runs expected" in status.stdout and "missing 0" in status.stdout, status.stdout
 
     subprocess.run(
@@ -128,7 +106,7 @@ def test_sweep_end_to_end_through_aggregate_and_plot(tmp_path):
 @pytest.mark.slow
 def test_sweep_killed_with_sigkill_and_rerun_records_every_run_once(tmp_path):
     # Long enough runs that the kill lands mid-sweep (and likely mid-run).
-    sweep = _sweep(tmp_path, "epochs=40", background=True,
+    sweep = run_tiny_sweep(tmp_path, "epochs=40", background=True,
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     deadline = time.monotonic() + 300
     while len(_records(tmp_path)) < 2 and time.monotonic() < deadline:
@@ -138,7 +116,7 @@ def test_sweep_killed_with_sigkill_and_rerun_records_every_run_once(tmp_path):
     killed_with = len(_records(tmp_path))
     assert 2 <= killed_with < 8, "the kill should land mid-sweep"
 
-    done = _sweep(tmp_path, "epochs=40", timeout=900)
+    done = run_tiny_sweep(tmp_path, "epochs=40", timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     records = _records(tmp_path)
     assert len(records) == 8
@@ -147,7 +125,7 @@ def test_sweep_killed_with_sigkill_and_rerun_records_every_run_once(tmp_path):
     assert all(r["status"] in ("completed", "diverged") for r in records)
     assert all(r["epochs_done"] == 40 for r in records if r["status"] == "completed")
     assert not list((tmp_path / "runs" / "fashion_mnist_mlp" / ".partial").glob("*/checkpoint.pt"))
-    status = _sweep(tmp_path, "epochs=40", "--status")
+    status = run_tiny_sweep(tmp_path, "epochs=40", "--status")
     assert "missing 0" in status.stdout and "failed 0" in status.stdout
 
 
